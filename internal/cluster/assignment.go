@@ -1,0 +1,188 @@
+package cluster
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"sort"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+)
+
+// Assignment is the bucket -> node map stored as one JSON value at
+// <prefix>/assignment:
+//
+//	{"version": 7, "buckets": {"00": "dtable-server-01", …, "ff": "dtable-server-02"}}
+//
+// Version grows by one on every change. A bucket missing from "buckets" is
+// unassigned. Fields this code does not know are kept in Extra and written
+// back unchanged, so newer writers can add fields (a per-bucket handoff
+// state, load figures) without older readers losing them.
+type Assignment struct {
+	Version int64
+	Owners  [bucket.Count]string // node id per bucket; "" = unassigned
+	Extra   map[string]json.RawMessage
+}
+
+// Owner returns the node that owns b, or "" if b is unassigned.
+func (a *Assignment) Owner(b bucket.Bucket) string { return a.Owners[b] }
+
+// Owned returns the buckets assigned to nodeID, in order.
+func (a *Assignment) Owned(nodeID string) []bucket.Bucket {
+	var out []bucket.Bucket
+	for b, n := range a.Owners {
+		if n == nodeID {
+			out = append(out, bucket.Bucket(b))
+		}
+	}
+	return out
+}
+
+// Counts returns how many buckets each node owns (unassigned ones are not counted).
+func (a *Assignment) Counts() map[string]int {
+	c := map[string]int{}
+	for _, n := range a.Owners {
+		if n != "" {
+			c[n]++
+		}
+	}
+	return c
+}
+
+// Clone returns a deep copy.
+func (a *Assignment) Clone() *Assignment {
+	c := *a
+	if a.Extra != nil {
+		c.Extra = make(map[string]json.RawMessage, len(a.Extra))
+		for k, v := range a.Extra {
+			c.Extra[k] = append(json.RawMessage(nil), v...)
+		}
+	}
+	return &c
+}
+
+// Validate checks version and node ids.
+func (a *Assignment) Validate() error {
+	if a.Version < 1 {
+		return fmt.Errorf("version %d: must be 1 or more", a.Version)
+	}
+	for b, n := range a.Owners {
+		if n == "" {
+			continue
+		}
+		if err := ValidateNodeID(n); err != nil {
+			return fmt.Errorf("bucket %s: %v", bucket.Bucket(b), err)
+		}
+	}
+	return nil
+}
+
+// Encode returns the JSON value: version, buckets, then any extra fields.
+func (a *Assignment) Encode() []byte {
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, `{"version":%d,"buckets":{`, a.Version)
+	first := true
+	for b, n := range a.Owners {
+		if n == "" {
+			continue
+		}
+		if !first {
+			buf.WriteByte(',')
+		}
+		first = false
+		id, _ := json.Marshal(n)
+		fmt.Fprintf(&buf, `"%s":%s`, bucket.Bucket(b), id)
+	}
+	buf.WriteByte('}')
+	keys := make([]string, 0, len(a.Extra))
+	for k := range a.Extra {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		name, _ := json.Marshal(k)
+		fmt.Fprintf(&buf, ",%s:%s", name, a.Extra[k])
+	}
+	buf.WriteByte('}')
+	return buf.Bytes()
+}
+
+// ParseAssignment decodes and validates an assignment value. Errors say
+// which field or bucket is wrong.
+func ParseAssignment(value []byte) (*Assignment, error) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(value, &fields); err != nil {
+		return nil, fmt.Errorf("not a JSON object: %v", err)
+	}
+	if fields == nil {
+		return nil, fmt.Errorf("not a JSON object: null")
+	}
+	a := &Assignment{}
+	rawVersion, ok := fields["version"]
+	if !ok {
+		return nil, fmt.Errorf(`field "version" is missing`)
+	}
+	if err := json.Unmarshal(rawVersion, &a.Version); err != nil {
+		return nil, fmt.Errorf(`field "version" %s: want a whole number`, rawVersion)
+	}
+	rawBuckets, ok := fields["buckets"]
+	if !ok {
+		return nil, fmt.Errorf(`field "buckets" is missing`)
+	}
+	var owners map[string]string
+	if err := json.Unmarshal(rawBuckets, &owners); err != nil || owners == nil {
+		return nil, fmt.Errorf(`field "buckets": want an object of bucket -> node id strings`)
+	}
+	for name, node := range owners {
+		b, err := bucket.Parse(name)
+		if err != nil {
+			return nil, fmt.Errorf(`field "buckets": %v`, err)
+		}
+		if a.Owners[b] != "" {
+			return nil, fmt.Errorf(`field "buckets": bucket %s is listed twice (keys differ only in case)`, b)
+		}
+		if node == "" {
+			return nil, fmt.Errorf(`field "buckets": bucket %s has an empty node id`, b)
+		}
+		a.Owners[b] = node
+	}
+	for k, v := range fields {
+		if k == "version" || k == "buckets" {
+			continue
+		}
+		if a.Extra == nil {
+			a.Extra = map[string]json.RawMessage{}
+		}
+		a.Extra[k] = v
+	}
+	if err := a.Validate(); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Move is one bucket changing owner.
+type Move struct {
+	Bucket bucket.Bucket
+	From   string // "" = was unassigned
+	To     string // "" = now unassigned
+}
+
+// Diff lists the buckets whose owner differs between old and new, in bucket
+// order. A nil old counts as all buckets unassigned.
+func Diff(old, new *Assignment) []Move {
+	var moves []Move
+	for b := range bucket.Count {
+		var from, to string
+		if old != nil {
+			from = old.Owners[b]
+		}
+		if new != nil {
+			to = new.Owners[b]
+		}
+		if from != to {
+			moves = append(moves, Move{Bucket: bucket.Bucket(b), From: from, To: to})
+		}
+	}
+	return moves
+}

@@ -1,0 +1,54 @@
+// Package cluster defines the cluster state kept in etcd: where it lives (the
+// key layout, a public interface documented in README.md), what the values
+// look like, and how they are checked. It does no I/O.
+package cluster
+
+import (
+	"fmt"
+	"strings"
+)
+
+// DefaultPrefix is the etcd key prefix used when none is configured.
+const DefaultPrefix = "/dtable-cluster"
+
+// Layout names the etcd keys of one cluster. Every key lives under Prefix.
+type Layout struct {
+	Prefix string // normalized: starts with "/", no trailing "/"
+}
+
+// NewLayout checks and normalizes a key prefix ("" means DefaultPrefix).
+func NewLayout(prefix string) (Layout, error) {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	p := strings.TrimRight(prefix, "/")
+	if !strings.HasPrefix(p, "/") || p == "" {
+		return Layout{}, fmt.Errorf("invalid etcd prefix %q: it must start with '/' and name a path, e.g. %q", prefix, DefaultPrefix)
+	}
+	if strings.ContainsAny(p, " \t\n") || strings.Contains(p, "//") {
+		return Layout{}, fmt.Errorf("invalid etcd prefix %q: no whitespace or empty path segments", prefix)
+	}
+	return Layout{Prefix: p}, nil
+}
+
+// Root is the prefix under which everything of the cluster lives, with a
+// trailing slash, for prefix reads and watches.
+func (l Layout) Root() string { return l.Prefix + "/" }
+
+// NodesPrefix is the prefix of the node registrations.
+func (l Layout) NodesPrefix() string { return l.Prefix + "/nodes/" }
+
+// NodeKey is the key a registrar writes for one node, attached to its lease.
+func (l Layout) NodeKey(nodeID string) string { return l.NodesPrefix() + nodeID }
+
+// AssignmentKey holds the bucket -> node assignment; only the monitor writes it.
+func (l Layout) AssignmentKey() string { return l.Prefix + "/assignment" }
+
+// NodeIDFromKey returns the node id of a node key, or false if key is not one.
+func (l Layout) NodeIDFromKey(key string) (string, bool) {
+	id, ok := strings.CutPrefix(key, l.NodesPrefix())
+	if !ok || id == "" || strings.Contains(id, "/") {
+		return "", false
+	}
+	return id, true
+}

@@ -1,0 +1,74 @@
+package clusterwatch
+
+import (
+	"maps"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/cluster"
+)
+
+// Snapshot is the cluster state at one etcd revision. It is immutable once
+// published: readers share it without locks and must not modify it.
+type Snapshot struct {
+	// Revision is the etcd revision this state reflects.
+	Revision int64
+	// Nodes holds the valid registrations by node id; never nil. A node whose
+	// value in etcd is invalid keeps its last valid registration (or is
+	// absent if it never had one) and is listed in NodeErrors.
+	Nodes map[string]cluster.Node
+	// NodeErrors says, per node id, why its current value was rejected.
+	NodeErrors map[string]error
+	// Assignment is the last valid assignment; nil if there is none (the key
+	// was never written, or was deleted).
+	Assignment *cluster.Assignment
+	// AssignmentModRevision is the mod revision of the assignment key as it
+	// is in etcd now, valid or not (0: the key does not exist). A writer
+	// compares against it.
+	AssignmentModRevision int64
+	// AssignmentError says why the current value of the assignment key was
+	// rejected; nil when it is valid or absent.
+	AssignmentError error
+}
+
+func emptySnapshot() *Snapshot {
+	return &Snapshot{Nodes: map[string]cluster.Node{}, NodeErrors: map[string]error{}}
+}
+
+// clone copies the maps, so that the copy can be changed and published.
+func (s *Snapshot) clone() *Snapshot {
+	c := *s
+	c.Nodes = maps.Clone(s.Nodes)
+	c.NodeErrors = maps.Clone(s.NodeErrors)
+	return &c
+}
+
+// sameState reports whether two snapshots hold the same cluster state
+// (their revisions may differ through changes to other keys).
+func (s *Snapshot) sameState(o *Snapshot) bool {
+	return s.AssignmentModRevision == o.AssignmentModRevision &&
+		errText(s.AssignmentError) == errText(o.AssignmentError) &&
+		maps.Equal(s.Nodes, o.Nodes) &&
+		maps.EqualFunc(s.NodeErrors, o.NodeErrors, func(a, b error) bool { return errText(a) == errText(b) })
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// Owner returns the registration of the node that owns bucket b under the
+// current assignment, and false if the bucket is unassigned or its owner is
+// not registered.
+func (s *Snapshot) Owner(b bucket.Bucket) (cluster.Node, bool) {
+	if s.Assignment == nil {
+		return cluster.Node{}, false
+	}
+	id := s.Assignment.Owners[b]
+	if id == "" {
+		return cluster.Node{}, false
+	}
+	n, ok := s.Nodes[id]
+	return n, ok
+}
