@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+)
+
+// TestMain lets the test binary run as the registrar itself, so the
+// process tests below exercise real signals and exit codes.
+func TestMain(m *testing.M) {
+	if os.Getenv("REGISTRAR_RUN_AS_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+type process struct {
+	cmd    *exec.Cmd
+	stderr *bytes.Buffer
+	done   chan error
+}
+
+func startProcess(t *testing.T, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = append(os.Environ(), "REGISTRAR_RUN_AS_MAIN=1")
+	p := &process{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+func (p *process) wait(t *testing.T, d time.Duration) int {
+	t.Helper()
+	select {
+	case <-p.done:
+		p.done <- nil // for the cleanup
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(d):
+		t.Fatalf("process still running after %v; stderr:\n%s", d, p.stderr)
+		return -1
+	}
+}
+
+func TestProcessDocumentedConfigThenSIGTERM(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	cfg := writeFile(t, "dtable_server_config.json", documentedConfig)
+	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","), "-ttl", "5s")
+	eventually(t, 10*time.Second, "registered", func() bool { _, _, ok, err := readNode(t, cli, "dtable-server-01"); return err == nil && ok })
+	n, _, _ := getNode(t, cli, "dtable-server-01")
+	want := cluster.Node{NodeID: "dtable-server-01", NodeURL: "https://dtable-server-01.example.com/", LocalNodeURL: "http://172.17.30.94/"}
+	if !n.SameEndpoints(want) {
+		t.Fatalf("registered %+v", n)
+	}
+	// Gone within 1s of SIGTERM.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	took := eventually(t, time.Second, "key removed after SIGTERM", func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return !ok })
+	t.Logf("key gone %v after SIGTERM", took)
+	if code := p.wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM; stderr:\n%s", code, p.stderr)
+	}
+}
+
+func TestProcessSIGKILLExpiresAfterTTL(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	cfg := writeFile(t, "dtable_server_config.json", documentedConfig)
+	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","), "-ttl", "3s")
+	eventually(t, 10*time.Second, "registered", func() bool { _, _, ok, err := readNode(t, cli, "dtable-server-01"); return err == nil && ok })
+	time.Sleep(1500 * time.Millisecond) // let a keep-alive renew the lease
+	p.cmd.Process.Kill()
+	took := eventually(t, 4*time.Second, "key expired within TTL + 1s after SIGKILL",
+		func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return !ok })
+	t.Logf("key gone %v after SIGKILL (TTL 3s)", took)
+}
+
+func TestProcessConflictExitsOne(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lease, _ := cli.Grant(ctx, 30)
+	other := cluster.Node{NodeID: "dtable-server-01", NodeURL: "https://dtable-server-02.example.com/", LocalNodeURL: "http://172.17.30.95/"}
+	cli.Put(ctx, testLayout.NodeKey("dtable-server-01"), string(other.Encode()), clientv3.WithLease(lease.ID))
+	cfg := writeFile(t, "dtable_server_config.json", documentedConfig)
+	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","))
+	if code := p.wait(t, 10*time.Second); code != 1 {
+		t.Fatalf("exit code %d; want 1", code)
+	}
+	if !strings.Contains(p.stderr.String(), "Two servers must not share node_id \"dtable-server-01\"") {
+		t.Fatalf("stderr lacks a clear message:\n%s", p.stderr)
+	}
+}
+
+func TestProcessBadConfigExitsTwo(t *testing.T) {
+	cfg := writeFile(t, "dtable_server_config.json", strings.Replace(documentedConfig, `"node_url": "https://`, `"node_url": "`, 1))
+	p := startProcess(t, "-config", cfg)
+	if code := p.wait(t, 10*time.Second); code != 2 {
+		t.Fatalf("exit code %d; want 2", code)
+	}
+	if !strings.Contains(p.stderr.String(), "dtable_server_config.json:5: node_url") {
+		t.Fatalf("stderr = %s", p.stderr)
+	}
+}

@@ -1,0 +1,288 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+)
+
+func testSettings(c *etcdtest.Cluster, id string, ttl time.Duration) *settings {
+	s := &settings{
+		node: cluster.Node{NodeID: id, NodeURL: "https://" + id + ".example.com/", LocalNodeURL: "http://127.0.0.1:9/"},
+		ttl:  ttl, layout: testLayout,
+	}
+	s.etcd.Endpoints = c.Endpoints()
+	return s
+}
+
+// startRegistrar runs runRegistrar until the returned stop is called; stop
+// returns its error.
+func startRegistrar(t *testing.T, s *settings) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- runRegistrar(ctx, s, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-errc })
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+func TestRegistersAndWithdrawsOnStop(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	s := testSettings(c, "dtable-server-01", 5*time.Second)
+	stop := startRegistrar(t, s)
+	eventually(t, 5*time.Second, "registered", func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return ok })
+	n, lease, _ := getNode(t, cli, "dtable-server-01")
+	if !n.SameEndpoints(s.node) || lease == 0 || n.RegisteredAt == "" {
+		t.Fatalf("registration = %+v lease %x", n, lease)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ttl, err := cli.TimeToLive(ctx, lease)
+	if err != nil || ttl.GrantedTTL != 5 {
+		t.Fatalf("lease TTL = %+v, %v; want 5s", ttl, err)
+	}
+	start := time.Now()
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := getNode(t, cli, "dtable-server-01"); ok {
+		t.Fatalf("key still there after a clean stop (%v)", time.Since(start))
+	}
+}
+
+func TestRefusesToStartOnConflictingRegistration(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	other := cluster.Node{NodeID: "dtable-server-01", NodeURL: "https://other.example.com/", LocalNodeURL: "http://10.1.1.1/"}
+	lease, _ := cli.Grant(ctx, 60)
+	if _, err := cli.Put(ctx, testLayout.NodeKey("dtable-server-01"), string(other.Encode()), clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	s := testSettings(c, "dtable-server-01", 5*time.Second)
+	errc := make(chan error, 1)
+	go func() { errc <- runRegistrar(ctx, s, zap.NewNop()) }()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, errConflict) {
+			t.Fatalf("error = %v; want a conflict", err)
+		}
+		for _, want := range []string{"https://other.example.com/", "http://10.1.1.1/", "https://dtable-server-01.example.com/", "within 6"} {
+			if !strings.Contains(err.Error(), want) && !(want == "within 6" && strings.Contains(err.Error(), "within 5")) {
+				t.Errorf("conflict message %q lacks %q", err, want)
+			}
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("registrar did not refuse to start")
+	}
+	if n, _, _ := getNode(t, cli, "dtable-server-01"); !n.SameEndpoints(other) {
+		t.Fatal("the other server's registration was overwritten")
+	}
+}
+
+func TestTakesOverItsOwnStaleRegistration(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s := testSettings(c, "n1", 5*time.Second)
+	old, _ := cli.Grant(ctx, 60) // a previous run that was killed
+	cli.Put(ctx, testLayout.NodeKey("n1"), string(s.node.Encode()), clientv3.WithLease(old.ID))
+	startRegistrar(t, s)
+	eventually(t, 5*time.Second, "taken over with a new lease", func() bool {
+		_, lease, ok := getNode(t, cli, "n1")
+		return ok && lease != old.ID
+	})
+	// The old lease expiring or being revoked no longer removes the key.
+	cli.Revoke(ctx, old.ID)
+	if _, _, ok := getNode(t, cli, "n1"); !ok {
+		t.Fatal("revoking the old lease removed the new registration")
+	}
+}
+
+func TestRegistersAgainWhenLeaseIsLost(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	startRegistrar(t, testSettings(c, "n1", 5*time.Second))
+	var lease clientv3.LeaseID
+	eventually(t, 5*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := cli.Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "registered again with a new lease", func() bool {
+		_, l, ok := getNode(t, cli, "n1")
+		return ok && l != lease
+	})
+	// Deleting the key by hand: it is written again under the same lease.
+	_, lease, _ = getNode(t, cli, "n1")
+	cli.Delete(ctx, testLayout.NodeKey("n1"))
+	eventually(t, 5*time.Second, "key written again", func() bool {
+		_, l, ok := getNode(t, cli, "n1")
+		return ok && l == lease
+	})
+}
+
+func TestRegistersAgainAfterEtcdOutageLongerThanTTL(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	startRegistrar(t, testSettings(c, "n1", 2*time.Second))
+	var lease clientv3.LeaseID
+	eventually(t, 5*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
+	c.Stop(0)
+	time.Sleep(4 * time.Second) // longer than the TTL: the keep-alive gives up
+	c.Restart(0)
+	eventually(t, 15*time.Second, "registered again after the outage",
+		registeredWith(t, cli, "n1", func(l clientv3.LeaseID) bool { return l != lease }))
+	// And it stays registered (its new lease is kept alive) for longer than a TTL.
+	time.Sleep(3 * time.Second)
+	if _, _, ok := getNode(t, cli, "n1"); !ok {
+		t.Fatal("registration vanished after re-registering")
+	}
+}
+
+func TestThreeMemberClusterLosesOneMember(t *testing.T) {
+	c := etcdtest.StartCluster(t, 3)
+	cli := c.ClientOf(t, c.Members[2].ClientURL)
+	startRegistrar(t, testSettings(c, "n1", 2*time.Second))
+	var lease clientv3.LeaseID
+	eventually(t, 10*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
+	c.Stop(0)
+	c.WaitLeader(t)
+	time.Sleep(3 * time.Second) // more than a TTL
+	_, l, ok := getNode(t, cli, "n1")
+	if !ok {
+		t.Fatal("registration lost with one of three members down")
+	}
+	if l != lease {
+		t.Logf("re-registered with a new lease during the member loss (allowed)")
+	}
+}
+
+func TestHealthGate(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	var up atomic.Bool
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/ping/" || !up.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("pong"))
+	}))
+	defer backend.Close()
+	s := testSettings(c, "n1", 5*time.Second)
+	s.node.LocalNodeURL = backend.URL + "/"
+	s.health = healthSettings{path: "/ping/", interval: 50 * time.Millisecond, timeout: time.Second, failures: 2}
+	startRegistrar(t, s)
+
+	time.Sleep(300 * time.Millisecond)
+	if _, _, ok := getNode(t, cli, "n1"); ok {
+		t.Fatal("registered while the local server does not answer")
+	}
+	up.Store(true)
+	eventually(t, 5*time.Second, "registered once healthy", func() bool { _, _, ok := getNode(t, cli, "n1"); return ok })
+	up.Store(false)
+	eventually(t, 5*time.Second, "withdrawn when unhealthy", func() bool { _, _, ok := getNode(t, cli, "n1"); return !ok })
+	up.Store(true)
+	eventually(t, 5*time.Second, "registered again", func() bool { _, _, ok := getNode(t, cli, "n1"); return ok })
+}
+
+func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	var mu sync.Mutex
+	var got []notification
+	var calls atomic.Int32
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1)%3 == 1 { // every third attempt fails: retried
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+		var n notification
+		if err := json.NewDecoder(r.Body).Decode(&n); err != nil || r.Header.Get("Content-Type") != "application/json" {
+			t.Errorf("bad notification: %v", err)
+		}
+		mu.Lock()
+		got = append(got, n)
+		mu.Unlock()
+	}))
+	defer receiver.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	put := func(a *cluster.Assignment) {
+		if _, err := cli.Put(ctx, testLayout.AssignmentKey(), string(a.Encode())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := &cluster.Assignment{Version: 1}
+	for b := range a.Owners {
+		a.Owners[b] = "n2"
+	}
+	a.Owners[0x10] = "n1"
+	put(a)
+
+	s := testSettings(c, "n1", 5*time.Second)
+	s.notifyURL = receiver.URL + "/cluster-notify"
+	startRegistrar(t, s)
+
+	a2 := a.Clone()
+	a2.Version = 2
+	a2.Owners[0x11], a2.Owners[0xff] = "n1", "n1"
+	put(a2)
+	a3 := a2.Clone()
+	a3.Version = 3
+	a3.Owners[0x10] = "n2"
+	put(a3)
+	a4 := a3.Clone() // a change that does not concern n1 is still notified
+	a4.Version = 4
+	a4.Owners[0x20] = "n3"
+	put(a4)
+
+	eventually(t, 15*time.Second, "4 notifications", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 4 })
+	mu.Lock()
+	defer mu.Unlock()
+	want := []notification{
+		{NodeID: "n1", Version: 1, PreviousVersion: 0, Gained: []string{"10"}, Lost: []string{}, Buckets: []string{"10"}},
+		{NodeID: "n1", Version: 2, PreviousVersion: 1, Gained: []string{"11", "ff"}, Lost: []string{}, Buckets: []string{"10", "11", "ff"}},
+		{NodeID: "n1", Version: 3, PreviousVersion: 2, Gained: []string{}, Lost: []string{"10"}, Buckets: []string{"11", "ff"}},
+		{NodeID: "n1", Version: 4, PreviousVersion: 3, Gained: []string{}, Lost: []string{}, Buckets: []string{"11", "ff"}},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d notifications: %+v", len(got), got)
+	}
+	for i := range want {
+		g, _ := json.Marshal(got[i])
+		w, _ := json.Marshal(want[i])
+		if string(g) != string(w) {
+			t.Errorf("notification %d = %s; want %s", i, g, w)
+		}
+	}
+	if calls.Load() < 6 {
+		t.Errorf("only %d calls: failed attempts were not retried", calls.Load())
+	}
+}
