@@ -90,7 +90,13 @@ func (h *healthChecker) check(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	resp, err := h.client.Do(req)
+	return do2xx(h.client, req)
+}
+
+// do2xx sends req and accepts only a 2xx answer. The body is read (up to
+// 64 KiB) so the connection can be reused.
+func do2xx(client *http.Client, req *http.Request) error {
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}

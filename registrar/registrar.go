@@ -190,9 +190,12 @@ func (r *registrar) register(ctx context.Context) (clientv3.LeaseID, int64, erro
 	}
 	key := r.layout.NodeKey(r.node.NodeID)
 	value := r.value()
+	// First try to create the key; if it exists and may be taken over, try
+	// again on condition that it is unchanged since we read it.
+	cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	for range 5 { // a concurrent change of the key makes the txn fail; retry
 		txn, err := r.cli.Txn(rctx).
-			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			If(cond).
 			Then(clientv3.OpPut(key, value, clientv3.WithLease(grant.ID))).
 			Else(clientv3.OpGet(key)).
 			Commit()
@@ -205,7 +208,8 @@ func (r *registrar) register(ctx context.Context) (clientv3.LeaseID, int64, erro
 		}
 		kvs := txn.Responses[0].GetResponseRange().Kvs
 		if len(kvs) == 0 {
-			continue // deleted meanwhile
+			cond = clientv3.Compare(clientv3.CreateRevision(key), "=", 0) // deleted meanwhile
+			continue
 		}
 		existing := kvs[0]
 		if cur, perr := cluster.ParseNode(r.node.NodeID, existing.Value); perr == nil && !cur.SameEndpoints(r.node) {
@@ -218,17 +222,7 @@ func (r *registrar) register(ctx context.Context) (clientv3.LeaseID, int64, erro
 		} else if perr != nil {
 			r.log.Warn("replacing an unreadable registration", zap.String("key", key), zap.Error(perr))
 		}
-		txn, err = r.cli.Txn(rctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", existing.ModRevision)).
-			Then(clientv3.OpPut(key, value, clientv3.WithLease(grant.ID))).
-			Commit()
-		if err != nil {
-			r.revoke(grant.ID)
-			return 0, 0, fmt.Errorf("write %s: %w", key, err)
-		}
-		if txn.Succeeded {
-			return grant.ID, txn.Header.Revision, nil
-		}
+		cond = clientv3.Compare(clientv3.ModRevision(key), "=", existing.ModRevision)
 	}
 	r.revoke(grant.ID)
 	return 0, 0, fmt.Errorf("write %s: the key kept changing under concurrent writers", key)
