@@ -187,3 +187,30 @@ func FuzzParseNode(f *testing.F) {
 		}
 	})
 }
+
+func TestSettingsRoundTrip(t *testing.T) {
+	s := Settings{Drained: []string{"n3", "n1"}, Pins: map[bucket.Bucket]string{0x0a: "n2"}, AutoRebalance: true}
+	enc := s.Encode()
+	if string(enc) != `{"drained":["n1","n3"],"pins":{"0a":"n2"},"auto_rebalance":true}` {
+		t.Fatalf("Encode = %s", enc)
+	}
+	got, err := ParseSettings(enc)
+	if err != nil || !got.IsDrained("n3") || got.Pins[0x0a] != "n2" || !got.AutoRebalance {
+		t.Fatalf("ParseSettings = %+v, %v", got, err)
+	}
+	if empty := (Settings{}).Encode(); string(empty) != `{"drained":[],"pins":{},"auto_rebalance":false}` {
+		t.Errorf("empty = %s", empty)
+	}
+	for in, want := range map[string]string{
+		`[]`:                             "not a JSON settings object",
+		`{"drained":["a b"]}`:            `"drained"`,
+		`{"pins":{"zz":"n1"}}`:           `invalid bucket "zz"`,
+		`{"pins":{"0a":""}}`:             "bucket 0a: node id is empty",
+		`{"pins":{"0a":"n1","0A":"n2"}}`: "listed twice",
+		`{"auto_rebalance":"yes"}`:       "not a JSON settings object",
+	} {
+		if _, err := ParseSettings([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseSettings(%s) = %v; want %q", in, err, want)
+		}
+	}
+}

@@ -44,6 +44,21 @@ func (l Layout) NodeKey(nodeID string) string { return l.NodesPrefix() + nodeID 
 // AssignmentKey holds the bucket -> node assignment; only the monitor writes it.
 func (l Layout) AssignmentKey() string { return l.Prefix + "/assignment" }
 
+// SettingsKey holds the operator's drains, pins and auto-rebalance switch.
+func (l Layout) SettingsKey() string { return l.Prefix + "/settings" }
+
+// ElectionPrefix is where monitors campaign for leadership
+// (concurrency.Election keys: <prefix>/monitor/election/<lease id>).
+func (l Layout) ElectionPrefix() string { return l.Prefix + "/monitor/election" }
+
+// RequestsPrefix is where operator requests to the leading monitor are
+// written (<prefix>/requests/<id>), each under a short lease.
+func (l Layout) RequestsPrefix() string { return l.Prefix + "/requests/" }
+
+// ResponsesPrefix is where the leading monitor answers them
+// (<prefix>/responses/<id>), each under a short lease.
+func (l Layout) ResponsesPrefix() string { return l.Prefix + "/responses/" }
+
 // NodeIDFromKey returns the node id of a node key, or false if key is not one.
 func (l Layout) NodeIDFromKey(key string) (string, bool) {
 	id, ok := strings.CutPrefix(key, l.NodesPrefix())
