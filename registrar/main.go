@@ -19,7 +19,8 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
+
+	"github.com/dtablecluster/dtable-router/internal/logging"
 )
 
 func main() {
@@ -35,7 +36,7 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "registrar: %v\n", err)
 		return 2
 	}
-	log, err := newLogger(s.logLevel, s.logJSON, stderr)
+	log, err := logging.New(s.logLevel, s.logJSON, stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "registrar: flag -log-level: %v\n", err)
 		return 2
@@ -50,21 +51,4 @@ func run(args []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-func newLogger(level string, json bool, w io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
-	if err != nil {
-		return nil, err
-	}
-	enc := zap.NewProductionEncoderConfig()
-	enc.EncodeTime = zapcore.ISO8601TimeEncoder
-	var encoder zapcore.Encoder
-	if json {
-		encoder = zapcore.NewJSONEncoder(enc)
-	} else {
-		enc.EncodeLevel = zapcore.CapitalLevelEncoder
-		encoder = zapcore.NewConsoleEncoder(enc)
-	}
-	return zap.New(zapcore.NewCore(encoder, zapcore.AddSync(w), lvl)), nil
 }

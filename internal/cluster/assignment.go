@@ -186,3 +186,49 @@ func Diff(old, new *Assignment) []Move {
 	}
 	return moves
 }
+
+// SalvageAssignment reads what it can from an assignment value that
+// ParseAssignment rejected, so a repair moves only the buckets that were
+// really lost: every entry with a valid bucket name and a valid node id is
+// kept, and each problem is described. The result has no Extra fields and
+// may have Version 0.
+func SalvageAssignment(value []byte) (*Assignment, []string) {
+	a := &Assignment{}
+	var problems []string
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(value, &fields); err != nil || fields == nil {
+		return a, []string{fmt.Sprintf("not a JSON object (%d bytes): nothing salvaged", len(value))}
+	}
+	if err := json.Unmarshal(fields["version"], &a.Version); err != nil || a.Version < 0 {
+		problems = append(problems, fmt.Sprintf("version %s unreadable", fields["version"]))
+		a.Version = 0
+	}
+	var entries map[string]json.RawMessage
+	if err := json.Unmarshal(fields["buckets"], &entries); err != nil {
+		return a, append(problems, `"buckets" is not an object: nothing salvaged`)
+	}
+	names := make([]string, 0, len(entries))
+	for k := range entries {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		b, err := bucket.Parse(name)
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		var node string
+		if err := json.Unmarshal(entries[name], &node); err != nil || ValidateNodeID(node) != nil {
+			problems = append(problems, fmt.Sprintf("bucket %s: invalid owner %s", b, entries[name]))
+			continue
+		}
+		if a.Owners[b] != "" && a.Owners[b] != node {
+			problems = append(problems, fmt.Sprintf("bucket %s: listed twice with different owners", b))
+			a.Owners[b] = ""
+			continue
+		}
+		a.Owners[b] = node
+	}
+	return a, problems
+}

@@ -214,3 +214,17 @@ func TestSettingsRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestSalvageAssignment(t *testing.T) {
+	a, problems := SalvageAssignment([]byte(`{"version":9,"buckets":{"00":"n1","01":"","zz":"n2","02":"n 3","03":"n2","0A":"n1","0a":"n2"}}`))
+	if a.Version != 9 || a.Owners[0] != "n1" || a.Owners[3] != "n2" || a.Owners[1] != "" || a.Owners[2] != "" || a.Owners[0x0a] != "" {
+		t.Fatalf("salvaged %+v", a.Owners[:11])
+	}
+	if len(problems) != 4 {
+		t.Fatalf("problems = %q", problems)
+	}
+	a, problems = SalvageAssignment([]byte(`garbage`))
+	if a.Version != 0 || len(a.Counts()) != 0 || len(problems) != 1 {
+		t.Fatalf("garbage: %+v %q", a, problems)
+	}
+}

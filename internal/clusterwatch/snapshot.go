@@ -28,6 +28,12 @@ type Snapshot struct {
 	// AssignmentError says why the current value of the assignment key was
 	// rejected; nil when it is valid or absent.
 	AssignmentError error
+	// Settings are the operator's drains, pins and auto-rebalance switch
+	// (the last valid value; zero if none), with the key's mod revision as
+	// it is now and why its current value was rejected, if it was.
+	Settings            cluster.Settings
+	SettingsModRevision int64
+	SettingsError       error
 }
 
 func emptySnapshot() *Snapshot {
@@ -47,6 +53,8 @@ func (s *Snapshot) clone() *Snapshot {
 func (s *Snapshot) sameState(o *Snapshot) bool {
 	return s.AssignmentModRevision == o.AssignmentModRevision &&
 		errText(s.AssignmentError) == errText(o.AssignmentError) &&
+		s.SettingsModRevision == o.SettingsModRevision &&
+		errText(s.SettingsError) == errText(o.SettingsError) &&
 		maps.Equal(s.Nodes, o.Nodes) &&
 		maps.EqualFunc(s.NodeErrors, o.NodeErrors, func(a, b error) bool { return errText(a) == errText(b) })
 }

@@ -341,6 +341,19 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 		next.Assignment = a
 		next.AssignmentError = nil
 		return true
+	case key == l.SettingsKey():
+		next.SettingsModRevision = kv.ModRevision
+		st, err := cluster.ParseSettings(kv.Value)
+		if err != nil {
+			next.Settings = prev.Settings
+			next.SettingsError = err
+			w.log.Error("invalid settings in etcd; keeping the last good ones",
+				zap.String("key", key), zap.Int64("mod_revision", kv.ModRevision), zap.Error(err))
+			return true
+		}
+		next.Settings = st
+		next.SettingsError = nil
+		return true
 	case strings.HasPrefix(key, l.NodesPrefix()):
 		id, ok := l.NodeIDFromKey(key)
 		if !ok {
@@ -372,6 +385,12 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 		next.AssignmentModRevision = 0
 		next.AssignmentError = nil
 		w.log.Warn("assignment deleted from etcd", zap.String("key", key))
+		return true
+	}
+	if key == l.SettingsKey() {
+		next.Settings = cluster.Settings{}
+		next.SettingsModRevision = 0
+		next.SettingsError = nil
 		return true
 	}
 	if id, ok := l.NodeIDFromKey(key); ok {

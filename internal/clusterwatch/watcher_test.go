@@ -186,6 +186,14 @@ func TestCorruptValuesKeepLastGoodState(t *testing.T) {
 	if s.Nodes["n1"] != node("n1") {
 		t.Fatalf("corrupt node value replaced the last good one: %+v", s.Nodes)
 	}
+	settings := cluster.Settings{Drained: []string{"n1"}}
+	put(t, cli, layout.SettingsKey(), settings.Encode())
+	waitFor(t, sub, "settings", func(s *Snapshot) bool { return s.Settings.IsDrained("n1") })
+	put(t, cli, layout.SettingsKey(), []byte(`{"pins":{"zz":"n1"}}`))
+	s = waitFor(t, sub, "corrupt settings", func(s *Snapshot) bool { return s.SettingsError != nil })
+	if !s.Settings.IsDrained("n1") {
+		t.Fatal("corrupt settings replaced the last good ones")
+	}
 	put(t, cli, layout.NodeKey("n9"), []byte(`garbage`))
 	s = waitFor(t, sub, "corrupt new node", func(s *Snapshot) bool { return s.NodeErrors["n9"] != nil })
 	if _, ok := s.Nodes["n9"]; ok {
@@ -199,8 +207,8 @@ func TestCorruptValuesKeepLastGoodState(t *testing.T) {
 			found++
 		}
 	}
-	if found < 4 {
-		t.Errorf("expected 4 error logs naming the keys, got %d: %v", found, logs.All())
+	if found < 4 || logs.FilterField(zap.String("key", layout.SettingsKey())).Len() != 1 {
+		t.Errorf("expected 5 error logs naming the keys, got %d: %v", found, logs.All())
 	}
 	// A valid value clears the error.
 	put(t, cli, layout.AssignmentKey(), assignment(6, "n1").Encode())

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+
+	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+)
+
+// monitor campaigns for leadership and, while it leads, keeps the
+// assignment in etcd right. Several may run; one leads.
+type monitor struct {
+	cli      *clientv3.Client
+	layout   cluster.Layout
+	watcher  *clusterwatch.Watcher
+	id       string        // this monitor's name in the election
+	interval time.Duration // periodic reconcile
+	// settle is how long the first assignment waits after the first node
+	// appears, so servers that start together all get an even share.
+	settle     time.Duration
+	sessionTTL int // seconds: how long a dead leader blocks a new one
+	log        *zap.Logger
+
+	// state kept across leaderships, touched only by the run goroutine
+	firstNodesSeen time.Time
+	noNodesLogged  bool
+}
+
+// run campaigns and leads until ctx ends, starting over after losing a
+// session or leadership.
+func (m *monitor) run(ctx context.Context) error {
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		err := m.campaignAndLead(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		m.log.Warn("not leading; campaigning again", zap.Error(err), zap.Duration("retry_in", backoff))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	return nil
+}
+
+// campaignAndLead runs one session: campaign, lead until the session or
+// leadership is lost, then step down. The session's lease is revoked on the
+// way out, so a candidate key never outlives its campaign (a failed
+// Campaign otherwise leaves a zombie key behind).
+func (m *monitor) campaignAndLead(ctx context.Context) error {
+	sess, err := concurrency.NewSession(m.cli, concurrency.WithTTL(m.sessionTTL), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("etcd session: %w", err)
+	}
+	defer func() {
+		sess.Orphan()
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, _ = m.cli.Revoke(rctx, sess.Lease())
+	}()
+	// Campaign does not return by itself when the session dies: tie its
+	// context to the session.
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
+	el := concurrency.NewElection(sess, m.layout.ElectionPrefix())
+	m.log.Info("campaigning for leadership", zap.String("election", m.layout.ElectionPrefix()))
+	if err := el.Campaign(lctx, m.id); err != nil {
+		return fmt.Errorf("campaign: %w", err)
+	}
+	l := &leadership{key: el.Key(), rev: el.Rev()}
+	m.log.Info("leading", zap.String("leader_key", l.key), zap.Int64("leader_rev", l.rev))
+	err = m.lead(lctx, l)
+	if ctx.Err() == nil {
+		select {
+		case <-sess.Done():
+			err = fmt.Errorf("etcd session lost (lease expired or keep-alive failed)")
+		default:
+		}
+	}
+	m.log.Warn("stopped leading", zap.Error(err))
+	return err
+}
+
+// leadership identifies the leader's election key; every write compares
+// its create revision, so a deposed leader cannot write.
+type leadership struct {
+	key       string
+	rev       int64
+	lastWrite int64 // revision of our last change to the assignment or settings
+}

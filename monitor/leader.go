@@ -1,0 +1,432 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+	"github.com/dtablecluster/dtable-router/internal/monitorapi"
+	"github.com/dtablecluster/dtable-router/internal/planner"
+)
+
+var (
+	// errNotLeader: our election key is gone or was replaced; stop writing.
+	errNotLeader = errors.New("no longer the leader")
+	// errStale: the assignment or settings changed since the snapshot the
+	// plan was made on; plan again on a newer one.
+	errStale = errors.New("cluster state changed meanwhile")
+)
+
+// lead keeps the assignment right while this monitor leads: on every
+// change the watcher reports, every interval, and for every operator
+// request. It returns when ctx ends or leadership is lost.
+func (m *monitor) lead(ctx context.Context, l *leadership) error {
+	sub := m.watcher.Subscribe()
+	defer sub.Close()
+	requests := m.watchRequests(ctx)
+	ticker := time.NewTicker(m.interval)
+	defer ticker.Stop()
+	var settle <-chan time.Time
+
+	step := func(snap *clusterwatch.Snapshot) error {
+		wait, err := m.reconcile(ctx, l, snap)
+		if wait > 0 && settle == nil {
+			settle = time.After(wait)
+		}
+		return err
+	}
+	if err := m.processRequests(ctx, l); err != nil {
+		return err
+	}
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case snap := <-sub.C:
+			if snap.Revision < l.lastWrite {
+				continue // from before our own last write
+			}
+			err = step(snap)
+		case <-settle:
+			settle = nil
+			err = step(m.watcher.Snapshot())
+		case <-ticker.C:
+			if err = step(m.watcher.Snapshot()); err == nil {
+				err = m.processRequests(ctx, l)
+			}
+		case _, ok := <-requests:
+			if !ok {
+				requests = m.watchRequests(ctx) // the ticker covers the gap
+			}
+			err = m.processRequests(ctx, l)
+		}
+		if errors.Is(err, errNotLeader) {
+			return err
+		}
+		if err != nil && !errors.Is(err, errStale) {
+			m.log.Warn("leader step failed; retrying at the next change or tick", zap.Error(err))
+		}
+	}
+}
+
+// watchRequests notifies of new requests; requests are read by a list, so
+// the watch is only a trigger and may be lost without harm.
+func (m *monitor) watchRequests(ctx context.Context) <-chan clientv3.WatchResponse {
+	return m.cli.Watch(clientv3.WithRequireLeader(ctx), m.layout.RequestsPrefix(),
+		clientv3.WithPrefix(), clientv3.WithFilterDelete())
+}
+
+// current returns the assignment to plan from. If the value in etcd is
+// invalid, it is the last valid one this monitor saw or, failing that,
+// what can be salvaged from the invalid value, and repair is true: the
+// value must be rewritten even if nothing moves.
+func (m *monitor) current(ctx context.Context, snap *clusterwatch.Snapshot) (cur *cluster.Assignment, repair bool, err error) {
+	if snap.AssignmentError == nil {
+		return snap.Assignment, false, nil
+	}
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := m.cli.Get(gctx, m.layout.AssignmentKey())
+	if err != nil {
+		return nil, false, err
+	}
+	var raw []byte
+	if len(resp.Kvs) > 0 {
+		raw = resp.Kvs[0].Value
+	}
+	salvaged, problems := cluster.SalvageAssignment(raw)
+	cur = snap.Assignment
+	from := "the last valid assignment"
+	if cur == nil {
+		cur, from = salvaged, "what could be salvaged from the invalid value"
+	}
+	cur = cur.Clone()
+	cur.Version = max(cur.Version, salvaged.Version) // the next write must be newer than both
+	m.log.Error("the assignment in etcd is invalid; repairing it",
+		zap.String("key", m.layout.AssignmentKey()), zap.NamedError("invalid", snap.AssignmentError),
+		zap.Strings("problems", problems), zap.String("planning_from", from),
+		zap.Int("buckets_known", 256-len(cur.Owned(""))))
+	return cur, true, nil
+}
+
+// reconcile plans from snap and writes the result if anything must change.
+// It returns how long to wait before planning a first assignment (settle).
+func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *clusterwatch.Snapshot) (time.Duration, error) {
+	if snap == nil {
+		return 0, nil
+	}
+	cur, repair, err := m.current(ctx, snap)
+	if err != nil {
+		return 0, err
+	}
+	live := slices.Sorted(maps.Keys(snap.Nodes))
+	if len(live) == 0 {
+		m.firstNodesSeen = time.Time{}
+		if !m.noNodesLogged {
+			m.log.Error("no live node registered: the assignment is left as it is")
+			m.noNodesLogged = true
+		}
+		return 0, nil
+	}
+	m.noNodesLogged = false
+	if cur == nil {
+		if m.firstNodesSeen.IsZero() {
+			m.firstNodesSeen = time.Now()
+		}
+		if wait := m.settle - time.Since(m.firstNodesSeen); wait > 0 {
+			m.log.Info("first assignment: waiting for more nodes to register", zap.Strings("live", live), zap.Duration("in", wait))
+			return wait, nil
+		}
+	}
+	plan, err := planner.Compute(planner.Input{Current: cur, Live: live, Settings: snap.Settings, Rebalance: snap.Settings.AutoRebalance})
+	if errors.Is(err, planner.ErrNoEligibleNode) {
+		m.log.Error("every live node is drained: the assignment is left as it is", zap.Strings("live", live))
+		return 0, nil
+	}
+	if !plan.Changed() && !repair {
+		return 0, nil
+	}
+	next := nextAssignment(cur, plan, m.id)
+	rev, err := m.write(ctx, l, snap, next, nil, nil)
+	if err != nil {
+		return 0, err
+	}
+	m.logChange("assignment updated", cur, next, plan, rev, repair)
+	return 0, nil
+}
+
+// nextAssignment builds the assignment to write: the plan's owners, the
+// version after cur's, cur's extra fields, and who wrote it when.
+func nextAssignment(cur *cluster.Assignment, plan *planner.Plan, by string) *cluster.Assignment {
+	next := &cluster.Assignment{Version: 1, Owners: plan.Owners, Extra: map[string]json.RawMessage{}}
+	if cur != nil {
+		next.Version = cur.Version + 1
+		maps.Copy(next.Extra, cur.Clone().Extra)
+	}
+	next.Extra["updated_by"], _ = json.Marshal(by)
+	next.Extra["updated_at"], _ = json.Marshal(time.Now().UTC().Format(time.RFC3339))
+	return next
+}
+
+func (m *monitor) logChange(msg string, cur, next *cluster.Assignment, plan *planner.Plan, rev int64, repair bool) {
+	prev := int64(0)
+	if cur != nil {
+		prev = cur.Version
+	}
+	reasons := map[string]int{}
+	moved := make([]string, 0, len(plan.Moves))
+	for _, mv := range plan.Moves {
+		reasons[mv.Reason]++
+		moved = append(moved, fmt.Sprintf("%s:%s->%s", mv.Bucket, orNone(mv.From), mv.To))
+	}
+	m.log.Info(msg, zap.Int64("version", next.Version), zap.Int64("previous_version", prev),
+		zap.Int64("revision", rev), zap.Bool("repair", repair), zap.Any("reasons", reasons),
+		zap.Int("moves", len(plan.Moves)), zap.Any("moves_per_node", movesPerNode(plan.Moves)),
+		zap.Any("counts", plan.Counts()), zap.Strings("moved", moved), zap.Strings("warnings", plan.Warnings))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+// write commits changes in one transaction that succeeds only while this
+// monitor leads (its election key has the create revision it won with)
+// and, unless snap is nil, the assignment and settings are as in snap.
+// A nil snap may only go with no assignment or settings change.
+func (m *monitor) write(ctx context.Context, l *leadership, snap *clusterwatch.Snapshot,
+	next *cluster.Assignment, settings *cluster.Settings, extra []clientv3.Op) (int64, error) {
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)}
+	if snap != nil {
+		cmps = append(cmps,
+			clientv3.Compare(clientv3.ModRevision(m.layout.AssignmentKey()), "=", snap.AssignmentModRevision),
+			clientv3.Compare(clientv3.ModRevision(m.layout.SettingsKey()), "=", snap.SettingsModRevision))
+	} else if next != nil || settings != nil {
+		panic("monitor: a change written without the snapshot it was planned on")
+	}
+	var ops []clientv3.Op
+	if next != nil {
+		ops = append(ops, clientv3.OpPut(m.layout.AssignmentKey(), string(next.Encode())))
+	}
+	if settings != nil {
+		ops = append(ops, clientv3.OpPut(m.layout.SettingsKey(), string(settings.Encode())))
+	}
+	ops = append(ops, extra...)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	txn, err := m.cli.Txn(wctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(l.key)).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("write: %w", err)
+	}
+	if !txn.Succeeded {
+		kvs := txn.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 || kvs[0].CreateRevision != l.rev {
+			return 0, errNotLeader
+		}
+		return 0, errStale
+	}
+	if next != nil || settings != nil {
+		l.lastWrite = txn.Header.Revision
+	}
+	return txn.Header.Revision, nil
+}
+
+// processRequests carries out every pending operator request, oldest first.
+func (m *monitor) processRequests(ctx context.Context, l *leadership) error {
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	resp, err := m.cli.Get(gctx, m.layout.RequestsPrefix(), clientv3.WithPrefix(),
+		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("list requests: %w", err)
+	}
+	for _, kv := range resp.Kvs {
+		if err := m.handleRequest(ctx, l, kv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handleRequest answers one request. The answer, the request's removal and
+// any change it makes are one transaction.
+func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv interface {
+	GetKey() []byte
+	GetValue() []byte
+}) error {
+	key := string(kv.GetKey())
+	id := strings.TrimPrefix(key, m.layout.RequestsPrefix())
+	var req monitorapi.Request
+	if err := json.Unmarshal(kv.GetValue(), &req); err != nil {
+		return m.respond(ctx, l, key, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil)
+	}
+	resp := &monitorapi.Response{Op: req.Op, DryRun: req.DryRun}
+	if err := req.Validate(); err != nil {
+		resp.Error = err.Error()
+		return m.respond(ctx, l, key, id, nil, resp, nil, nil)
+	}
+	log := m.log.With(zap.String("request", id), zap.String("op", req.Op), zap.String("from", req.From), zap.Bool("dry_run", req.DryRun))
+	for attempt := 0; ; attempt++ {
+		snap, err := m.freshSnapshot(ctx, l.lastWrite)
+		if err != nil {
+			return err
+		}
+		settings := snap.Settings.Clone()
+		changedSettings := applyOp(&settings, req)
+		if settings.Pins != nil && len(settings.Pins) == 0 {
+			settings.Pins = nil
+		}
+		cur, repair, err := m.current(ctx, snap)
+		if err != nil {
+			return err
+		}
+		resp.PreviousVersion, resp.Version = 0, 0
+		if cur != nil {
+			resp.PreviousVersion, resp.Version = cur.Version, cur.Version
+		}
+		live := slices.Sorted(maps.Keys(snap.Nodes))
+		if (req.Op == monitorapi.OpDrain || req.Op == monitorapi.OpPin) && !slices.Contains(live, req.Node) {
+			resp.Warnings = append(resp.Warnings, fmt.Sprintf("node %s is not registered now", req.Node))
+		}
+		plan, err := planner.Compute(planner.Input{Current: cur, Live: live, Settings: settings,
+			Rebalance: req.Op == monitorapi.OpRebalance || settings.AutoRebalance})
+		if err != nil {
+			resp.Error = fmt.Sprintf("%v: the assignment is left as it is", err)
+			log.Warn("request refused", zap.String("error", resp.Error))
+			return m.respond(ctx, l, key, id, nil, resp, nil, nil)
+		}
+		describe(resp, plan)
+		var next *cluster.Assignment
+		if plan.Changed() || repair {
+			next = nextAssignment(cur, plan, m.id)
+		}
+		var newSettings *cluster.Settings
+		if changedSettings {
+			newSettings = &settings
+		}
+		if req.DryRun {
+			next, newSettings = nil, nil
+		} else if next != nil {
+			resp.Version = next.Version
+		}
+		resp.OK = true
+		err = m.respond(ctx, l, key, id, snap, resp, next, newSettings)
+		if errors.Is(err, errStale) && attempt < 5 {
+			continue // plan again on the newer state
+		}
+		if err == nil {
+			log.Info("request done", zap.Int("moves", len(resp.Moves)), zap.Int64("version", resp.Version))
+			if next != nil {
+				m.logChange("assignment updated by request", cur, next, plan, l.lastWrite, repair)
+			}
+		}
+		return err
+	}
+}
+
+// applyOp changes settings as req asks; it reports whether they changed.
+func applyOp(s *cluster.Settings, req monitorapi.Request) bool {
+	before := string(s.Encode())
+	switch req.Op {
+	case monitorapi.OpDrain:
+		if !s.IsDrained(req.Node) {
+			s.Drained = append(s.Drained, req.Node)
+		}
+	case monitorapi.OpUndrain:
+		s.Drained = slices.DeleteFunc(s.Drained, func(n string) bool { return n == req.Node })
+	case monitorapi.OpPin:
+		b, _ := bucket.Parse(req.Bucket)
+		if s.Pins == nil {
+			s.Pins = map[bucket.Bucket]string{}
+		}
+		s.Pins[b] = req.Node
+	case monitorapi.OpUnpin:
+		b, _ := bucket.Parse(req.Bucket)
+		delete(s.Pins, b)
+	case monitorapi.OpAutoRebalance:
+		s.AutoRebalance = req.Enabled
+	}
+	return string(s.Encode()) != before
+}
+
+// describe fills a response with a plan's moves and counts.
+func describe(resp *monitorapi.Response, plan *planner.Plan) {
+	resp.Moves = []monitorapi.Move{}
+	for _, mv := range plan.Moves {
+		resp.Moves = append(resp.Moves, monitorapi.Move{Bucket: mv.Bucket.String(), From: mv.From, To: mv.To, Reason: mv.Reason})
+	}
+	resp.MovesPerNode = movesPerNode(plan.Moves)
+	resp.Counts = plan.Counts()
+	resp.Warnings = append(resp.Warnings, plan.Warnings...)
+}
+
+func movesPerNode(moves []planner.Move) map[string]monitorapi.NodeMoves {
+	per := map[string]monitorapi.NodeMoves{}
+	for _, mv := range moves {
+		if mv.From != "" {
+			x := per[mv.From]
+			x.Lost++
+			per[mv.From] = x
+		}
+		x := per[mv.To]
+		x.Gained++
+		per[mv.To] = x
+	}
+	return per
+}
+
+// respond writes the response (under a one-minute lease) and deletes the
+// request, together with any assignment and settings change, in one
+// fenced transaction. With snap nil (an answer that changes nothing and
+// was not planned, e.g. a refusal) only leadership is checked.
+func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string, snap *clusterwatch.Snapshot,
+	resp *monitorapi.Response, next *cluster.Assignment, settings *cluster.Settings) error {
+	resp.ID, resp.Leader = id, m.id
+	body, _ := json.Marshal(resp)
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	lease, err := m.cli.Grant(gctx, 60)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("answer request %s: %w", id, err)
+	}
+	ops := []clientv3.Op{
+		clientv3.OpPut(m.layout.ResponsesPrefix()+id, string(body), clientv3.WithLease(lease.ID)),
+		clientv3.OpDelete(reqKey),
+	}
+	_, err = m.write(ctx, l, snap, next, settings, ops)
+	return err
+}
+
+// freshSnapshot returns the watcher's snapshot once it includes our own
+// last write (the watcher may lag behind a write by a few milliseconds).
+func (m *monitor) freshSnapshot(ctx context.Context, minRev int64) (*clusterwatch.Snapshot, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := m.watcher.Snapshot()
+		if s != nil && s.Revision >= minRev {
+			return s, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the cluster watcher is behind our own write at revision %d", minRev)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
