@@ -36,6 +36,9 @@ type Snapshot struct {
 	SettingsError       error
 }
 
+// EmptySnapshot is the state of a cluster with nothing in etcd.
+func EmptySnapshot() *Snapshot { return emptySnapshot() }
+
 func emptySnapshot() *Snapshot {
 	return &Snapshot{Nodes: map[string]cluster.Node{}, NodeErrors: map[string]error{}}
 }

@@ -1,0 +1,548 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/gorilla/websocket"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+)
+
+var layout = cluster.Layout{Prefix: cluster.DefaultPrefix}
+
+// ports for the one Caddy that caddytest runs per test binary.
+var (
+	portsOnce                           sync.Once
+	adminPort, proxyPort, siteAdminPort int
+	httpPort, httpsPort                 int
+)
+
+func freePort(t *testing.T) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// backend is a fake dtable-server: it answers with its name and what it
+// received, and echoes WebSocket messages prefixed with its name.
+type backend struct {
+	name string
+	srv  *httptest.Server
+}
+
+func newBackend(t *testing.T, name string) *backend {
+	up := websocket.Upgrader{}
+	b := &backend{name: name}
+	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if websocket.IsWebSocketUpgrade(r) {
+			c, err := up.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			for {
+				mt, msg, err := c.ReadMessage()
+				if err != nil {
+					return
+				}
+				if c.WriteMessage(mt, []byte(name+":"+string(msg))) != nil {
+					return
+				}
+			}
+		}
+		json.NewEncoder(w).Encode(map[string]string{
+			"node": name, "path": r.URL.Path, "query": r.URL.RawQuery, "host": r.Host,
+			"bucket": r.Header.Get(HeaderBucket), "version": r.Header.Get(HeaderVersion),
+		})
+	}))
+	t.Cleanup(b.srv.Close)
+	return b
+}
+
+type env struct {
+	t        *testing.T
+	etcd     *etcdtest.Cluster
+	cli      *clientv3.Client
+	backends map[string]*backend
+	tester   *caddytest.Tester
+}
+
+// setup starts etcd, three backends registered as n1..n3 (n3's
+// local_node_url has a path prefix), an assignment (bucket b -> n(b%3+1)),
+// and loads a Caddy config with the proxy and admin sites.
+func setup(t *testing.T) *env {
+	portsOnce.Do(func() {
+		adminPort, proxyPort, siteAdminPort, httpPort, httpsPort = freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+	})
+	watchProgressInterval = 200 * time.Millisecond
+	e := &env{t: t, etcd: etcdtest.Start(t), backends: map[string]*backend{}}
+	e.cli = e.etcd.Client(t)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		e.backends[n] = newBackend(t, n)
+		local := e.backends[n].srv.URL + "/"
+		if n == "n3" {
+			local = e.backends[n].srv.URL + "/n3prefix/"
+		}
+		e.put(layout.NodeKey(n), cluster.Node{NodeID: n, NodeURL: "https://" + n + ".example.com/", LocalNodeURL: local}.Encode())
+	}
+	e.putAssignment(1, nil)
+	e.load()
+	return e
+}
+
+func (e *env) config() string {
+	eps := strings.Join(e.etcd.Endpoints(), " ")
+	return fmt.Sprintf(`{
+	admin localhost:%d
+	http_port %d
+	https_port %d
+	grace_period 1ns
+	skip_install_trust
+	auto_https off
+}
+:%d {
+	dtable_bucket_proxy {
+		etcd %s
+		lb_try_duration 500ms
+	}
+}
+:%d {
+	dtable_cluster_admin {
+		etcd %s
+		request_timeout 1500ms
+	}
+}
+`, adminPort, httpPort, httpsPort, proxyPort, eps, siteAdminPort, eps)
+}
+
+func (e *env) load() {
+	e.tester = caddytest.NewTester(e.t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort, LoadRequestTimeout: 20 * time.Second})
+	e.tester.InitServer(e.config(), "caddyfile")
+	// Unload the sites before etcd stops (cleanups run last-in first-out):
+	// an open watch stream makes etcd's graceful stop wait seconds.
+	e.t.Cleanup(func() {
+		body := strings.NewReader(fmt.Sprintf(`{"admin":{"listen":"localhost:%d"}}`, adminPort))
+		resp, err := http.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), "application/json", body)
+		if err == nil {
+			resp.Body.Close()
+		}
+	})
+	e.waitVersion(1)
+}
+
+func (e *env) put(key string, value []byte) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := e.cli.Put(ctx, key, string(value)); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// putAssignment writes bucket b -> n(b%3+1), with overrides.
+func (e *env) putAssignment(version int64, override map[bucket.Bucket]string) {
+	a := &cluster.Assignment{Version: version}
+	for b := range a.Owners {
+		a.Owners[b] = fmt.Sprintf("n%d", b%3+1)
+	}
+	for b, n := range override {
+		a.Owners[b] = n
+	}
+	e.put(layout.AssignmentKey(), a.Encode())
+}
+
+// waitVersion waits until the proxy routes by the given assignment version.
+func (e *env) waitVersion(v int64) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var got int64 = -1
+		forEachCluster(func(sc *sharedCluster) {
+			if strings.Join(sc.endpoints, ",") == strings.Join(e.etcd.Endpoints(), ",") {
+				got = sc.table.Load().version
+			}
+		})
+		if got == v {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("proxy routes by version %d; want %d", got, v)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func uuidIn(b bucket.Bucket) string {
+	return fmt.Sprintf("%02x264e76-0e5a-448a-9f34-580b551364ca", uint8(b))
+}
+
+type answer struct {
+	status int
+	header http.Header
+	body   map[string]string
+	raw    string
+}
+
+func do(t *testing.T, method, url string, header map[string]string) answer {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, header: resp.Header, raw: string(raw)}
+	json.Unmarshal(raw, &a.body)
+	return a
+}
+
+func proxyURL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", proxyPort, path) }
+func adminURL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", siteAdminPort, path) }
+
+func TestRoutesEveryBucketToItsOwner(t *testing.T) {
+	setup(t)
+	for i := range bucket.Count {
+		b := bucket.Bucket(i)
+		owner := fmt.Sprintf("n%d", i%3+1)
+		u := uuidIn(b)
+		hex32 := strings.ToUpper(strings.ReplaceAll(u, "-", ""))
+		paths := []string{
+			"/api/v1/dtables/" + u + "/rows/?limit=5",
+			"/dtables/" + hex32,
+			"/api/v1/internal/dtables/" + u + "/view-rows/",
+			"/api/v2/dtables/" + u + "/metadata/",
+			"/socket.io/?EIO=4&dtable_uuid=" + u,
+		}
+		for _, p := range paths[i%len(paths) : i%len(paths)+1] {
+			a := do(t, "GET", proxyURL(p), map[string]string{HeaderBucket: "zz", HeaderVersion: "999"})
+			if a.status != 200 || a.body["node"] != owner {
+				t.Fatalf("%s: status %d, node %q; want %s (%s)", p, a.status, a.body["node"], owner, a.raw)
+			}
+			if a.body["bucket"] != b.String() || a.body["version"] != "1" {
+				t.Fatalf("%s: fencing headers bucket=%q version=%q; want %s, 1", p, a.body["bucket"], a.body["version"], b)
+			}
+			wantPath := strings.SplitN(p, "?", 2)[0]
+			if owner == "n3" {
+				wantPath = "/n3prefix" + wantPath
+			}
+			if a.body["path"] != wantPath {
+				t.Fatalf("%s: backend saw path %q; want %q", p, a.body["path"], wantPath)
+			}
+		}
+	}
+}
+
+func TestReassignmentTakesEffectWithoutReload(t *testing.T) {
+	e := setup(t)
+	p := proxyURL("/api/v1/dtables/" + uuidIn(0x00) + "/rows/")
+	if a := do(t, "GET", p, nil); a.body["node"] != "n1" {
+		t.Fatalf("before: %v", a.body)
+	}
+	start := time.Now()
+	e.putAssignment(2, map[bucket.Bucket]string{0x00: "n2"})
+	for {
+		a := do(t, "GET", p, nil)
+		if a.body["node"] == "n2" && a.body["version"] == "2" {
+			break
+		}
+		if time.Since(start) > 2*time.Second {
+			t.Fatalf("still routed by the old assignment after 2s: %v", a.body)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Logf("reassignment took effect in %v", time.Since(start))
+}
+
+func TestErrorsSayWhatIsWrong(t *testing.T) {
+	e := setup(t)
+	cases := []struct {
+		path, want, reason string
+		status             int
+	}{
+		{"/api/v1/dtables/not-a-uuid/rows/", "path after /api/v1/dtables/: invalid base UUID \"not-a-uuid\": length 10", "malformed_uuid", 400},
+		{"/api/v1/dtables/", "missing base UUID", "missing_uuid", 400},
+		{"/socket.io/?dtable_uuid=5g264e76-0e5a-448a-9f34-580b551364ca", "query parameter dtable_uuid: invalid base UUID", "malformed_uuid", 400},
+	}
+	for _, c := range cases {
+		a := do(t, "GET", proxyURL(c.path), nil)
+		if a.status != c.status || !strings.Contains(a.body["error"], c.want) || a.body["reason"] != c.reason {
+			t.Errorf("%s: %d %s; want %d with %q", c.path, a.status, a.raw, c.status, c.want)
+		}
+	}
+	// An unassigned bucket and an owner that is not registered: 503 with Retry-After.
+	a := &cluster.Assignment{Version: 2}
+	for b := range a.Owners {
+		a.Owners[b] = fmt.Sprintf("n%d", b%3+1)
+	}
+	a.Owners[0x01] = ""      // unassigned
+	a.Owners[0x02] = "ghost" // not registered
+	e.put(layout.AssignmentKey(), a.Encode())
+	e.waitVersion(2)
+	for b, want := range map[bucket.Bucket]string{0x01: "bucket_unassigned", 0x02: "owner_not_registered"} {
+		r := do(t, "GET", proxyURL("/dtables/"+uuidIn(b)), nil)
+		if r.status != 503 || r.header.Get("Retry-After") != "5" || r.body["reason"] != want || r.body["bucket"] != b.String() ||
+			!strings.Contains(r.body["error"], "bucket "+b.String()) {
+			t.Errorf("bucket %s: %d %v %s", b, r.status, r.header, r.raw)
+		}
+	}
+	if r := do(t, "GET", proxyURL("/dtables/"+uuidIn(0x02)), nil); !strings.Contains(r.body["error"], "its owner ghost") {
+		t.Errorf("503 body does not name the owner: %s", r.raw)
+	}
+	// A request without a UUID goes to a registered node that owns buckets.
+	r := do(t, "GET", proxyURL("/ping/"), map[string]string{HeaderBucket: "7f"})
+	if r.status != 200 || !strings.HasPrefix(r.body["node"], "n") || r.body["bucket"] != "" || r.body["version"] != "2" {
+		t.Errorf("/ping/: %d %s", r.status, r.raw)
+	}
+}
+
+func dialWS(t *testing.T, b bucket.Bucket) *websocket.Conn {
+	t.Helper()
+	url := fmt.Sprintf("ws://127.0.0.1:%d/socket.io/?EIO=4&transport=websocket&dtable_uuid=%s", proxyPort, uuidIn(b))
+	c, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v (%v)", url, err, resp)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func echo(c *websocket.Conn, msg string) (string, error) {
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	c.SetWriteDeadline(time.Now().Add(3 * time.Second))
+	if err := c.WriteMessage(websocket.TextMessage, []byte(msg)); err != nil {
+		return "", err
+	}
+	_, got, err := c.ReadMessage()
+	return string(got), err
+}
+
+func TestWebSocketIsProxiedAndClosedWhenItsBucketMoves(t *testing.T) {
+	e := setup(t)
+	moving, staying := dialWS(t, 0x10), dialWS(t, 0x20) // owners n2 and n3
+	if got, err := echo(moving, "hello"); err != nil || got != "n2:hello" {
+		t.Fatalf("echo through proxy: %q %v", got, err)
+	}
+	if got, err := echo(staying, "hi"); err != nil || got != "n3:hi" {
+		t.Fatalf("echo through proxy: %q %v", got, err)
+	}
+	e.putAssignment(2, map[bucket.Bucket]string{0x10: "n1"})
+	e.waitVersion(2)
+	moving.SetReadDeadline(time.Now().Add(3 * time.Second))
+	start := time.Now()
+	if _, _, err := moving.ReadMessage(); err == nil {
+		t.Fatal("the stream of the moved bucket is still open")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the stream of the moved bucket was not closed within 3s")
+	}
+	t.Logf("stream of the moved bucket closed %v after the new table", time.Since(start))
+	if got, err := echo(staying, "still"); err != nil || got != "n3:still" {
+		t.Fatalf("the other bucket's stream was disturbed: %q %v", got, err)
+	}
+	// The client reconnects and reaches the new owner.
+	again := dialWS(t, 0x10)
+	if got, err := echo(again, "back"); err != nil || got != "n1:back" {
+		t.Fatalf("after reconnect: %q %v", got, err)
+	}
+}
+
+func TestEtcdOutageKeepsRoutingAndIsReported(t *testing.T) {
+	e := setup(t)
+	e.etcd.Stop(0)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := do(t, "GET", adminURL("/status"), nil)
+		if strings.Contains(st.raw, `"etcd_connected": false`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("admin status still says connected 10s into the outage: %s", st.raw)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for i := range 30 {
+		b := bucket.Bucket(i * 7)
+		a := do(t, "GET", proxyURL("/dtables/"+uuidIn(b)), nil)
+		if a.status != 200 || a.body["node"] != fmt.Sprintf("n%d", int(b)%3+1) {
+			t.Fatalf("during the outage, bucket %s: %d %s", b, a.status, a.raw)
+		}
+	}
+	m := do(t, "GET", fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
+	if !strings.Contains(m.raw, `caddy_dtable_etcd_connected{prefix="/dtable-cluster"} 0`) {
+		t.Errorf("metrics do not show the outage:\n%s", grepLines(m.raw, "caddy_dtable"))
+	}
+	e.etcd.Restart(0)
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestAdminSiteLookupNodesBucketsAndMetrics(t *testing.T) {
+	e := setup(t)
+	u := uuidIn(0x05) // n3
+	a := do(t, "GET", adminURL("/lookup/"+u), nil)
+	var l lookupResult
+	json.Unmarshal([]byte(a.raw), &l)
+	if a.status != 200 || l.Bucket != "05" || l.NodeID != "n3" || l.NodeURL != "https://n3.example.com/" ||
+		l.LocalNodeURL != e.backends["n3"].srv.URL+"/n3prefix/" || l.Version != 1 {
+		t.Fatalf("lookup: %d %s", a.status, a.raw)
+	}
+	if a := do(t, "GET", adminURL("/lookup/nope"), nil); a.status != 400 || !strings.Contains(a.raw, "invalid base UUID") {
+		t.Fatalf("bad lookup: %d %s", a.status, a.raw)
+	}
+	var buckets []map[string]any
+	b := do(t, "GET", adminURL("/buckets"), nil)
+	if json.Unmarshal([]byte(b.raw), &buckets); len(buckets) != 256 || buckets[255]["node_id"] != "n1" {
+		t.Fatalf("buckets: %d entries", len(buckets))
+	}
+	var nodes []map[string]any
+	n := do(t, "GET", adminURL("/nodes"), nil)
+	if json.Unmarshal([]byte(n.raw), &nodes); len(nodes) != 3 || nodes[0]["buckets"] != float64(86) || nodes[0]["state"] != "live" {
+		t.Fatalf("nodes: %s", n.raw)
+	}
+	if a := do(t, "GET", adminURL("/rebalance/"), nil); a.status != 405 {
+		t.Fatalf("GET /rebalance/: %d", a.status)
+	}
+	// None of the admin views is served on the proxy port.
+	for _, p := range []string{"/lookup/" + u, "/buckets", "/nodes", "/status"} {
+		if a := do(t, "GET", proxyURL(p), nil); a.body["node"] == "" {
+			t.Errorf("%s on the proxy port was not proxied: %s", p, a.raw)
+		}
+	}
+	// Caddy's admin API has the same views.
+	api := do(t, "GET", fmt.Sprintf("http://localhost:%d/dtable-cluster/status", adminPort), nil)
+	if api.status != 200 || !strings.Contains(api.raw, `"/dtable-cluster"`) || !strings.Contains(api.raw, `"version": 1`) {
+		t.Fatalf("admin API: %d %s", api.status, api.raw)
+	}
+	// Metrics: requests by owner node, routing errors by reason, version.
+	do(t, "GET", proxyURL("/dtables/"+u), nil)
+	do(t, "GET", proxyURL("/dtables/xyz"), nil)
+	m := do(t, "GET", fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
+	for _, want := range []string{`caddy_dtable_requests_total{node="n3"}`, `caddy_dtable_routing_errors_total{reason="malformed_uuid"}`,
+		`caddy_dtable_assignment_version{prefix="/dtable-cluster"} 1`, `caddy_dtable_etcd_connected{prefix="/dtable-cluster"} 1`,
+		`caddy_dtable_assignment_age_seconds`} {
+		if !strings.Contains(m.raw, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(m.raw, "caddy_dtable"))
+		}
+	}
+	if strings.Contains(m.raw, u) {
+		t.Error("a base UUID appears in the metrics")
+	}
+}
+
+func TestReloadKeepsTheSharedCluster(t *testing.T) {
+	e := setup(t)
+	var before *sharedCluster
+	forEachCluster(func(sc *sharedCluster) { before = sc })
+	relists := before.watcher.Status().Relists
+	e.tester.InitServer(strings.Replace(e.config(), "lb_try_duration 500ms", "lb_try_duration 600ms", 1), "caddyfile")
+	count := 0
+	forEachCluster(func(sc *sharedCluster) {
+		count++
+		if sc != before {
+			t.Error("the reload started a new etcd client and watcher")
+		}
+	})
+	if count != 1 || before.watcher.Status().Relists != relists {
+		t.Fatalf("%d clusters after reload; relists %d -> %d", count, relists, before.watcher.Status().Relists)
+	}
+	if a := do(t, "GET", proxyURL("/dtables/"+uuidIn(0)), nil); a.body["node"] != "n1" {
+		t.Fatalf("after reload: %s", a.raw)
+	}
+}
+
+// buildMonitor builds the monitor program for the rebalance test.
+func buildMonitor(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "monitor")
+	if out, err := exec.Command("go", "build", "-o", bin, "../monitor").CombinedOutput(); err != nil {
+		t.Fatalf("build monitor: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func TestRebalanceThroughTheAdminSite(t *testing.T) {
+	e := setup(t)
+	// Without a monitor: a clear 503 after request_timeout.
+	a := do(t, "POST", adminURL("/rebalance/"), nil)
+	if a.status != 503 || !strings.Contains(a.body["error"], "no monitor is running") {
+		t.Fatalf("rebalance without a monitor: %d %s", a.status, a.raw)
+	}
+	// Unbalance: n1 owns everything but 10 buckets.
+	over := map[bucket.Bucket]string{}
+	for b := range bucket.Count {
+		over[bucket.Bucket(b)] = "n1"
+	}
+	for b := range 10 {
+		over[bucket.Bucket(b)] = []string{"n2", "n3"}[b%2]
+	}
+	e.putAssignment(2, over)
+	e.waitVersion(2)
+	mon := exec.Command(buildMonitor(t), "-etcd", strings.Join(e.etcd.Endpoints(), ","), "-settle", "0s", "-interval", "1s")
+	mon.Stdout, mon.Stderr = io.Discard, io.Discard
+	if err := mon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mon.Process.Kill(); mon.Wait() })
+
+	var dry, done struct {
+		OK           bool                      `json:"ok"`
+		DryRun       bool                      `json:"dry_run"`
+		Version      int64                     `json:"version"`
+		Moves        []map[string]string       `json:"moves"`
+		MovesPerNode map[string]map[string]int `json:"moves_per_node"`
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		a = do(t, "POST", adminURL("/rebalance/?dry_run=1"), nil)
+		if a.status == 200 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond) // the monitor is starting
+	}
+	json.Unmarshal([]byte(a.raw), &dry)
+	// Minimal moves: n1 has 246 and must end with 86: 160 moves.
+	if a.status != 200 || !dry.OK || !dry.DryRun || len(dry.Moves) != 160 || dry.Version != 2 {
+		t.Fatalf("dry run: %d %s", a.status, a.raw)
+	}
+	a = do(t, "POST", adminURL("/rebalance/"), nil)
+	json.Unmarshal([]byte(a.raw), &done)
+	if a.status != 200 || !done.OK || done.DryRun || len(done.Moves) != 160 || done.Version != 3 || done.MovesPerNode["n1"]["lost"] != 160 {
+		t.Fatalf("rebalance: %d %s", a.status, a.raw)
+	}
+	e.waitVersion(3)
+	// The same path on the proxy port is proxied, not served.
+	if p := do(t, "POST", proxyURL("/rebalance/"), nil); p.body["node"] == "" || strings.Contains(p.raw, "moves") {
+		t.Fatalf("POST /rebalance/ on 5550 was served: %s", p.raw)
+	}
+
+}

@@ -1,0 +1,45 @@
+package caddymodule
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// BucketUpstreams is the http.reverse_proxy.upstreams.dtable_bucket
+// dynamic upstream source: it returns the one node the Router chose for
+// the request. Caddy calls it again on every retry; if the bucket's owner
+// changed meanwhile it fails (the request is then not sent anywhere and
+// ends in 503), so a request is never dialled to a node that no longer
+// owns its bucket.
+type BucketUpstreams struct{}
+
+// CaddyModule returns the Caddy module information.
+func (BucketUpstreams) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.upstreams.dtable_bucket",
+		New: func() caddy.Module { return new(BucketUpstreams) },
+	}
+}
+
+var errNoRoute = errors.New("dtable_bucket upstreams: no route chosen for this request; " +
+	"the dtable_bucket handler must run before reverse_proxy (the dtable_bucket_proxy directive sets this up)")
+
+// GetUpstreams returns a fresh Upstream (Caddy mutates them) for the
+// chosen node.
+func (BucketUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+	chosen, ok := caddyhttp.GetVar(r.Context(), routeVar).(*route)
+	if !ok || chosen == nil {
+		return nil, errNoRoute
+	}
+	if _, now := chosen.cluster.lookup(chosen.bucket); !now.sameTarget(chosen) {
+		errorCounter(reasonMoved).Inc()
+		return nil, fmt.Errorf("bucket %s moved from %s to %q during the request; not sending it to the old owner",
+			chosen.bucket, chosen.nodeID, now.nodeID)
+	}
+	return []*reverseproxy.Upstream{{Dial: chosen.dial}}, nil
+}
