@@ -22,6 +22,7 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/cluster"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/fakeserver"
 )
 
 var layout = cluster.Layout{Prefix: cluster.DefaultPrefix}
@@ -42,38 +43,14 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// backend is a fake dtable-server: it answers with its name and what it
-// received, and echoes WebSocket messages prefixed with its name.
+// backend is a fake dtable-server (see internal/fakeserver).
 type backend struct {
 	name string
 	srv  *httptest.Server
 }
 
 func newBackend(t *testing.T, name string) *backend {
-	up := websocket.Upgrader{}
-	b := &backend{name: name}
-	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if websocket.IsWebSocketUpgrade(r) {
-			c, err := up.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			for {
-				mt, msg, err := c.ReadMessage()
-				if err != nil {
-					return
-				}
-				if c.WriteMessage(mt, []byte(name+":"+string(msg))) != nil {
-					return
-				}
-			}
-		}
-		json.NewEncoder(w).Encode(map[string]string{
-			"node": name, "path": r.URL.Path, "query": r.URL.RawQuery, "host": r.Host,
-			"bucket": r.Header.Get(HeaderBucket), "version": r.Header.Get(HeaderVersion),
-		})
-	}))
+	b := &backend{name: name, srv: httptest.NewServer(fakeserver.Handler(name))}
 	t.Cleanup(b.srv.Close)
 	return b
 }
@@ -198,7 +175,7 @@ func uuidIn(b bucket.Bucket) string {
 type answer struct {
 	status int
 	header http.Header
-	body   map[string]string
+	body   map[string]string // the fake server's Answer, or an error body
 	raw    string
 }
 

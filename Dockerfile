@@ -1,0 +1,18 @@
+# One image with the three programs: caddy (with the dtable modules),
+# monitor and registrar. docker-compose.yml runs the proxy node from it.
+FROM golang:1.26 AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+RUN ./xcaddy.sh \
+ && CGO_ENABLED=0 go build -o /out/monitor ./monitor \
+ && CGO_ENABLED=0 go build -o /out/registrar ./registrar \
+ && cp ./caddy /out/caddy
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates tzdata && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/ /usr/local/bin/
+COPY Caddyfile.example /etc/caddy/Caddyfile
+EXPOSE 5550 5555
+CMD ["caddy", "run", "--config", "/etc/caddy/Caddyfile"]
