@@ -84,3 +84,35 @@ func TestUserPasswordAgainstEtcdWithAuth(t *testing.T) {
 		t.Fatalf("wrong password: err = %v", err)
 	}
 }
+
+func TestTLSAgainstEtcdRequiringClientCertificates(t *testing.T) {
+	c, files := etcdtest.StartTLS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	good := Options{Endpoints: c.Endpoints(), CACert: files.CA, Cert: files.ClientCert, Key: files.ClientKey}
+	cli, err := good.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "k", "v"); err != nil {
+		t.Fatalf("put over TLS with -cacert/-cert/-key: %v", err)
+	}
+	// Without a client certificate the server refuses the connection.
+	noCert := Options{Endpoints: c.Endpoints(), CACert: files.CA}
+	cli2, err := noCert.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli2.Close()
+	short, cancel2 := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel2()
+	if _, err := cli2.Get(short, "k"); err == nil {
+		t.Fatal("etcd accepted a client without a certificate")
+	}
+	// A wrong CA file is reported clearly.
+	bad := Options{Endpoints: c.Endpoints(), CACert: files.ClientKey}
+	if _, err := bad.Config(nil); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
+		t.Fatalf("bad CA: %v", err)
+	}
+}

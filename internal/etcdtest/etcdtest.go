@@ -30,9 +30,10 @@ type Cluster struct {
 // Member is one etcd server of a Cluster.
 type Member struct {
 	Name      string
-	ClientURL string // http://127.0.0.1:port
+	ClientURL string // http://127.0.0.1:port, or https:// with StartTLS
 	peerURL   string
 	dir       string
+	tls       *TLSFiles
 
 	mu   sync.Mutex
 	etcd *embed.Etcd // nil while stopped
@@ -66,12 +67,19 @@ func tryStart(tb testing.TB, size, attempt int) (*Cluster, error) {
 		return nil, err
 	}
 	var initial []string
+	scheme := "http"
+	var files *TLSFiles
+	if f, ok := tlsFiles.Load(tb); ok {
+		ff := f.(TLSFiles)
+		scheme, files = "https", &ff
+	}
 	for i := 0; i < size; i++ {
 		m := &Member{
 			Name:      fmt.Sprintf("m%d", i),
-			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
+			ClientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i]),
 			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 			dir:       tb.TempDir(),
+			tls:       files,
 		}
 		c.Members = append(c.Members, m)
 		initial = append(initial, m.Name+"="+m.peerURL)
@@ -124,6 +132,10 @@ func (m *Member) config(token, initialCluster string) *embed.Config {
 	cfg.AdvertisePeerUrls = []url.URL{*pu}
 	cfg.InitialCluster = initialCluster
 	cfg.InitialClusterToken = token
+	if m.tls != nil {
+		cfg.ClientTLSInfo.CertFile, cfg.ClientTLSInfo.KeyFile = m.tls.ServerCert, m.tls.ServerKey
+		cfg.ClientTLSInfo.TrustedCAFile, cfg.ClientTLSInfo.ClientCertAuth = m.tls.CA, true
+	}
 	// Fast elections; generous enough for -race on two busy cores.
 	cfg.TickMs = 25
 	cfg.ElectionMs = 250
@@ -135,7 +147,10 @@ func (m *Member) config(token, initialCluster string) *embed.Config {
 	return cfg
 }
 
-var memberInitial sync.Map // *Member -> [2]string{token, initialCluster}
+var (
+	memberInitial sync.Map // *Member -> [2]string{token, initialCluster}
+	tlsFiles      sync.Map // testing.TB -> TLSFiles, while StartTLS starts a cluster
+)
 
 func (m *Member) start(token, initialCluster string) error {
 	memberInitial.Store(m, [2]string{token, initialCluster})

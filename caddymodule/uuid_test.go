@@ -1,0 +1,115 @@
+package caddymodule
+
+import (
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+)
+
+func defaultFinder() *uuidFinder {
+	return &uuidFinder{pathPrefixes: DefaultUUIDPathPrefixes, queryParams: DefaultUUIDQueryParams}
+}
+
+func TestFindUUID(t *testing.T) {
+	f := defaultFinder()
+	cases := []struct {
+		target string
+		found  bool
+		bucket bucket.Bucket
+		err    string
+	}{
+		{"/dtables/5c264e76-0e5a-448a-9f34-580b551364ca", true, 0x5c, ""},
+		{"/api/v1/dtables/5C264E760E5A448A9F34580B551364CA/rows/", true, 0x5c, ""},
+		{"/api/v1/internal/dtables/ab264e76-0e5a-448a-9f34-580b551364ca/view-rows/?x=1", true, 0xab, ""},
+		{"/api/v2/dtables/00264e76-0e5a-448a-9f34-580b551364ca/", true, 0x00, ""},
+		{"/socket.io/?EIO=4&dtable_uuid=ff264e76-0e5a-448a-9f34-580b551364ca&transport=websocket", true, 0xff, ""},
+		{"/socket.io/?dtable_uuid=ff264e76%2D0e5a-448a-9f34-580b551364ca", true, 0xff, ""},
+		{"/ping/", false, 0, ""},
+		{"/api/v1/admin/sys-info/", false, 0, ""},
+		{"/socket.io/?other=1", false, 0, ""},
+		{"/api/v1/dtables/", false, 0, "missing base UUID"},
+		{"/api/v1/dtables//rows/", false, 0, "missing base UUID"},
+		{"/dtables/5c264e76", false, 0, "length 8"},
+		{"/socket.io/?dtable_uuid=", false, 0, "query parameter dtable_uuid: invalid base UUID \"\""},
+		// The path wins over the query.
+		{"/dtables/11264e76-0e5a-448a-9f34-580b551364ca?dtable_uuid=22264e76-0e5a-448a-9f34-580b551364ca", true, 0x11, ""},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest("GET", c.target, nil)
+		b, found, err := f.find(r)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s: err %v; want %q", c.target, err, c.err)
+			}
+			continue
+		}
+		if err != nil || found != c.found || b != c.bucket {
+			t.Errorf("%s: %v %v %v; want %v %v", c.target, b, found, err, c.bucket, c.found)
+		}
+	}
+}
+
+// testCluster is a shared cluster with a table but no etcd, for unit tests.
+func testCluster() *sharedCluster {
+	sc := &sharedCluster{}
+	snap := clusterwatch.EmptySnapshot()
+	snap.Nodes["n1"] = cluster.Node{NodeID: "n1", NodeURL: "https://n1/", LocalNodeURL: "http://127.0.0.1:5000/"}
+	snap.Assignment = &cluster.Assignment{Version: 3}
+	for b := range snap.Assignment.Owners {
+		snap.Assignment.Owners[b] = "n1"
+	}
+	sc.table.Store(buildTable(sc, snap))
+	return sc
+}
+
+func TestRequestPathLookupAllocatesNothing(t *testing.T) {
+	f, sc := defaultFinder(), testCluster()
+	r := httptest.NewRequest("GET", "/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/", nil)
+	q := httptest.NewRequest("GET", "/socket.io/?EIO=4&dtable_uuid=5c264e76-0e5a-448a-9f34-580b551364ca", nil)
+	allocs := testing.AllocsPerRun(1000, func() {
+		b, _, _ := f.find(r)
+		_, rt := sc.lookup(b)
+		b2, _, _ := f.find(q)
+		_, rt2 := sc.lookup(b2)
+		if !rt.ok || !rt2.ok || rt.dial != "127.0.0.1:5000" {
+			t.Fatal("not routed")
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("finding the UUID and looking up the owner allocates %v times per request; want 0", allocs)
+	}
+}
+
+func BenchmarkFindAndLookup(b *testing.B) {
+	f, sc := defaultFinder(), testCluster()
+	r := httptest.NewRequest("GET", "/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		bk, _, _ := f.find(r)
+		sc.lookup(bk)
+	}
+}
+
+// FuzzFind: the request UUID finder never panics, and whatever it accepts
+// is a valid UUID of the bucket it reports.
+func FuzzFind(f *testing.F) {
+	f.Add("/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/", "")
+	f.Add("/socket.io/", "EIO=4&dtable_uuid=ff264e76-0e5a-448a-9f34-580b551364ca")
+	f.Add("/dtables/", "dtable_uuid=%zz")
+	finder := defaultFinder()
+	f.Fuzz(func(t *testing.T, path, query string) {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.URL.Path, r.URL.RawQuery = path, query
+		b, found, err := finder.find(r)
+		if err != nil && found {
+			t.Fatal("found and error at once")
+		}
+		if found && b.String() == "" {
+			t.Fatal("found an impossible bucket")
+		}
+	})
+}
