@@ -232,6 +232,36 @@ func TestRoutesEveryBucketToItsOwner(t *testing.T) {
 	}
 }
 
+func TestHostAndHeadersDoNotChooseTheUpstream(t *testing.T) {
+	e := setup(t)
+	// Bucket 00 is n1's; a request that claims n2's address as Host, or
+	// uses the absolute form naming n2, still reaches n1.
+	n2 := strings.TrimPrefix(e.backends["n2"].srv.URL, "http://")
+	req, _ := http.NewRequest("GET", proxyURL("/dtables/"+uuidIn(0)), nil)
+	req.Host = n2
+	req.Header.Set("X-Forwarded-Host", n2)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a fakeserver.Answer
+	json.NewDecoder(resp.Body).Decode(&a)
+	resp.Body.Close()
+	if a.Node != "n1" {
+		t.Fatalf("Host %s steered the request to %q", n2, a.Node)
+	}
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", proxyPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET http://%s/dtables/%s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", n2, uuidIn(0), n2)
+	raw, _ := io.ReadAll(conn)
+	if !strings.Contains(string(raw), `"node":"n1"`) {
+		t.Fatalf("absolute-form request naming n2 was not routed to n1:\n%s", raw)
+	}
+}
+
 func TestReassignmentTakesEffectWithoutReload(t *testing.T) {
 	e := setup(t)
 	p := proxyURL("/api/v1/dtables/" + uuidIn(0x00) + "/rows/")
