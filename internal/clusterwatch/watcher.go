@@ -3,8 +3,8 @@
 // tells subscribers about every change. The proxy, the monitor and the
 // registrar all use it, so the watch logic exists once:
 //
-//   - list everything under the prefix at one revision, then watch from the
-//     next revision (no event missed, none seen twice);
+//   - list everything under the prefix at one revision, then watch what
+//     comes after it (no event missed, none seen twice);
 //   - on a compaction or a broken stream, list again and carry on;
 //   - reject invalid values with a logged error naming the key, keeping the
 //     last good state;
@@ -264,11 +264,16 @@ func (w *Watcher) list(ctx context.Context) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-// watch follows changes from rev+1 until the stream breaks.
+// watch follows the changes after rev (the listed revision) until the
+// stream breaks. It watches from rev itself, not rev+1, and skips the
+// events at rev, which the list already holds: etcd answers progress
+// requests only for watchers whose start revision it has reached, so a
+// watch from rev+1 would get no progress answer until the next write
+// anywhere in etcd, and an idle cluster would look disconnected.
 func (w *Watcher) watch(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	ch := w.cfg.Client.Watch(wctx, w.cfg.Layout.Root(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	ch := w.cfg.Client.Watch(wctx, w.cfg.Layout.Root(), clientv3.WithPrefix(), clientv3.WithRev(rev))
 	ticker := time.NewTicker(w.cfg.ProgressInterval)
 	defer ticker.Stop()
 	for {
@@ -293,7 +298,11 @@ func (w *Watcher) watch(ctx context.Context, rev int64) error {
 				return errors.New("watch canceled by etcd")
 			}
 			w.contact(resp.Header.Revision)
-			w.applyEvents(resp.Events)
+			events := resp.Events
+			for len(events) > 0 && events[0].Kv.ModRevision <= rev {
+				events = events[1:] // already in the list
+			}
+			w.applyEvents(events)
 		}
 	}
 }

@@ -96,9 +96,11 @@ func waitFor(t *testing.T, sub *Subscription, what string, cond func(*Snapshot) 
 func TestListThenEveryChangeInOrder(t *testing.T) {
 	c := etcdtest.Start(t)
 	cli := c.Client(t)
-	put(t, cli, layout.NodeKey("n1"), node("n1").Encode())
-	put(t, cli, layout.AssignmentKey(), assignment(1, "n1").Encode())
 	put(t, cli, "/test-cluster-other/assignment", []byte("not ours")) // a sibling prefix is not read
+	put(t, cli, layout.NodeKey("n1"), node("n1").Encode())
+	// The list's revision is this write's: the watch starts there and must
+	// not deliver it again (that would be a duplicate snapshot below).
+	put(t, cli, layout.AssignmentKey(), assignment(1, "n1").Encode())
 
 	w := startWatcher(t, cli, nil, nil)
 	s := w.Snapshot()
@@ -355,6 +357,20 @@ func TestSubscriptionDoesNotBlockWatcher(t *testing.T) {
 	for v := int64(1); v <= 50; v++ {
 		if s := next(t, slow); s.Assignment.Version != v {
 			t.Fatalf("slow subscriber got version %d, want %d", s.Assignment.Version, v)
+		}
+	}
+}
+
+// An idle watch stays "connected" through its own progress requests: here
+// the decay window (3 × 100ms) is shorter than the server's progress
+// notifications (1s in etcdtest), so only RequestProgress keeps it up.
+func TestIdleWatchStaysConnected(t *testing.T) {
+	c := etcdtest.Start(t)
+	w := startWatcher(t, c.Client(t), nil, nil)
+	for i := 0; i < 20; i++ {
+		time.Sleep(100 * time.Millisecond)
+		if st := w.Status(); !st.Connected {
+			t.Fatalf("idle watcher reported disconnected after %dms: %+v", (i+1)*100, st)
 		}
 	}
 }
