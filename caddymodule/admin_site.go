@@ -35,10 +35,9 @@ type ClusterAdmin struct {
 	// RequestTimeout bounds a rebalance request; default 10s.
 	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
 
-	cluster *sharedCluster
-	poolKey string
-	log     *zap.Logger
-	from    string
+	clusterRef
+	log  *zap.Logger
+	from string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -54,22 +53,11 @@ func (h *ClusterAdmin) Provision(ctx caddy.Context) error {
 	}
 	host, _ := os.Hostname()
 	h.from = "caddy@" + host
-	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
-		return err
-	}
-	var err error
-	h.cluster, h.poolKey, err = acquireCluster(h.ClusterConfig)
-	return err
+	return h.join(ctx, h.ClusterConfig)
 }
 
 // Cleanup releases the shared cluster.
-func (h *ClusterAdmin) Cleanup() error {
-	if h.poolKey != "" {
-		_, err := clusters.Delete(h.poolKey)
-		return err
-	}
-	return nil
-}
+func (h *ClusterAdmin) Cleanup() error { return h.release() }
 
 func (h *ClusterAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	path := r.URL.Path

@@ -91,6 +91,34 @@ func acquireCluster(cfg ClusterConfig) (*sharedCluster, string, error) {
 	return v.(*sharedCluster), key, nil
 }
 
+// clusterRef is a module's hold on its shared cluster: taken in Provision,
+// released in Cleanup.
+type clusterRef struct {
+	cluster *sharedCluster
+	poolKey string
+}
+
+// join registers the metrics in the config's registry and acquires the
+// shared cluster for cfg (starting it if none runs; never waiting for etcd).
+func (r *clusterRef) join(ctx caddy.Context, cfg ClusterConfig) error {
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	var err error
+	r.cluster, r.poolKey, err = acquireCluster(cfg)
+	return err
+}
+
+// release lets go of the shared cluster; the last user stops it.
+func (r *clusterRef) release() error {
+	if r.poolKey == "" {
+		return nil
+	}
+	_, err := clusters.Delete(r.poolKey)
+	r.poolKey = ""
+	return err
+}
+
 // forEachCluster calls fn for every running shared cluster.
 func forEachCluster(fn func(*sharedCluster)) {
 	clusters.Range(func(_, v any) bool {

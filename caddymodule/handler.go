@@ -42,9 +42,8 @@ type Router struct {
 
 	finder     uuidFinder
 	retryAfter string
-	cluster    *sharedCluster
-	poolKey    string
-	log        *zap.Logger
+	clusterRef
+	log *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -79,12 +78,7 @@ func (h *Router) Provision(ctx caddy.Context) error {
 		h.RetryAfter = caddy.Duration(5 * time.Second)
 	}
 	h.retryAfter = strconv.Itoa(max(1, int(time.Duration(h.RetryAfter).Round(time.Second)/time.Second)))
-	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
-		return err
-	}
-	var err error
-	h.cluster, h.poolKey, err = acquireCluster(h.ClusterConfig)
-	return err
+	return h.join(ctx, h.ClusterConfig)
 }
 
 // Validate checks the settings.
@@ -96,13 +90,7 @@ func (h *Router) Validate() error {
 }
 
 // Cleanup releases the shared cluster; the last user stops it.
-func (h *Router) Cleanup() error {
-	if h.poolKey != "" {
-		_, err := clusters.Delete(h.poolKey)
-		return err
-	}
-	return nil
-}
+func (h *Router) Cleanup() error { return h.release() }
 
 // routeVar is the request variable through which the chosen route goes
 // from the Router to the upstream source.

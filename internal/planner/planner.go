@@ -70,15 +70,7 @@ type Plan struct {
 func (p *Plan) Changed() bool { return len(p.Moves) > 0 }
 
 // Counts returns how many buckets each node owns under the plan.
-func (p *Plan) Counts() map[string]int {
-	c := map[string]int{}
-	for _, n := range p.Owners {
-		if n != "" {
-			c[n]++
-		}
-	}
-	return c
-}
+func (p *Plan) Counts() map[string]int { return (&cluster.Assignment{Owners: p.Owners}).Counts() }
 
 // Compute makes a plan. With no eligible node it returns the current owners
 // unchanged and ErrNoEligibleNode.
