@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
@@ -105,5 +107,30 @@ func TestAdaptErrors(t *testing.T) {
 		if _, err := adapt(t, in); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("adapt(%q) error = %v; want %q", in, err, want)
 		}
+	}
+}
+
+// Validating a config provisions the modules but must not wait for etcd:
+// here etcd is unreachable (nothing listens on port 1).
+func TestValidateDoesNotWaitForEtcd(t *testing.T) {
+	out, err := adapt(t, ":15550 {\n dtable_bucket_proxy {\n etcd 127.0.0.1:1\n }\n}\n:15555 {\n dtable_cluster_admin {\n etcd 127.0.0.1:1\n }\n}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg caddy.Config
+	if err := json.Unmarshal([]byte(out), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := caddy.Validate(&cfg); err != nil {
+		t.Fatalf("validate: %v", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("validate took %v with etcd unreachable", took)
+	}
+	n := 0
+	forEachCluster(func(*sharedCluster) { n++ })
+	if n != 0 {
+		t.Fatalf("%d shared clusters left running after validate", n)
 	}
 }
