@@ -249,6 +249,9 @@ func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
 	s := testSettings(c, "n1", 5*time.Second)
 	s.notifyURL = receiver.URL + "/cluster-notify"
 	startRegistrar(t, s)
+	// The first notification reports the state the registrar first sees;
+	// the changes below must come after it to be notified one by one.
+	eventually(t, 15*time.Second, "first notification", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 1 })
 
 	a2 := a.Clone()
 	a2.Version = 2
