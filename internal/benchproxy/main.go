@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,10 +26,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/embedetcd"
 )
 
 func main() {
@@ -61,11 +60,11 @@ func run(caddyBin string, duration time.Duration, rounds, conns, threads int) er
 	go http.Serve(bl, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }))
 
 	// etcd with one node owning every bucket.
-	etcdURL, stopEtcd, err := startEtcd(dir)
+	etcdServer, etcdURL, err := embedetcd.Start(filepath.Join(dir, "etcd"), "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
-	defer stopEtcd()
+	defer etcdServer.Close()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, Logger: zap.NewNop()})
 	if err != nil {
 		return err
@@ -187,25 +186,4 @@ func median(rs []wrkResult) wrkResult {
 		}
 	}
 	return s[len(s)/2]
-}
-
-func startEtcd(dir string) (string, func(), error) {
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	p, _ := net.Listen("tcp", "127.0.0.1:0")
-	cu, _ := url.Parse("http://" + l.Addr().String())
-	pu, _ := url.Parse("http://" + p.Addr().String())
-	l.Close()
-	p.Close()
-	cfg := embed.NewConfig()
-	cfg.Dir = filepath.Join(dir, "etcd")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return "", nil, err
-	}
-	<-e.Server.ReadyNotify()
-	return cu.Host, e.Close, nil
 }

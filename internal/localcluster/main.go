@@ -13,12 +13,10 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -31,9 +29,9 @@ import (
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 	"go.etcd.io/etcd/server/v3/embed"
-	"go.uber.org/zap"
 
 	_ "github.com/dtablecluster/dtable-router/caddymodule"
+	"github.com/dtablecluster/dtable-router/internal/embedetcd"
 	"github.com/dtablecluster/dtable-router/internal/fakeserver"
 )
 
@@ -145,26 +143,13 @@ func mustRead(path string) []byte {
 }
 
 func (lc *localCluster) startEtcd(port int) error {
-	cfg := embed.NewConfig()
-	cfg.Dir = filepath.Join(lc.dir, "etcd")
-	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", port))
-	pu, _ := url.Parse("http://127.0.0.1:0")
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	e, err := embed.StartEtcd(cfg)
+	dir := filepath.Join(lc.dir, "etcd")
+	e, endpoint, err := embedetcd.Start(dir, fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
-		return fmt.Errorf("embedded etcd on 127.0.0.1:%d: %w", port, err)
+		return err
 	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(30 * time.Second):
-		e.Close()
-		return errors.New("embedded etcd not ready after 30s")
-	}
-	lc.etcd, lc.endpoint = e, cu.Host
-	lc.logf("etcd on %s (data in %s)", lc.endpoint, cfg.Dir)
+	lc.etcd, lc.endpoint = e, endpoint
+	lc.logf("etcd on %s (data in %s)", lc.endpoint, dir)
 	return nil
 }
 
