@@ -236,6 +236,13 @@ func (sc *sharedCluster) install(next *routeTable) {
 	}
 }
 
+// lookup returns the route of bucket b in the current table, without
+// locks or allocation.
+func (sc *sharedCluster) lookup(b bucket.Bucket) (*routeTable, *route) {
+	t := sc.table.Load()
+	return t, &t.routes[b]
+}
+
 // openStream picks bucket b's route for an upgraded connection and
 // registers cancel to be called when b's owner changes. The returned
 // function unregisters it.

@@ -12,8 +12,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-
-	"github.com/dtablecluster/dtable-router/internal/bucket"
 )
 
 // Router is the http.handlers.dtable_bucket handler. For each request it
@@ -161,13 +159,6 @@ func (h *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 	}
 	caddyhttp.SetVar(r.Context(), routeVar, rt)
 	return next.ServeHTTP(w, r)
-}
-
-// lookup returns the route of bucket b in the current table, without
-// locks or allocation.
-func (sc *sharedCluster) lookup(b bucket.Bucket) (*routeTable, *route) {
-	t := sc.table.Load()
-	return t, &t.routes[b]
 }
 
 // isUpgrade reports a long-lived upgraded connection: an HTTP/1.1

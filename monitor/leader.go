@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -264,14 +265,11 @@ func (m *monitor) processRequests(ctx context.Context, l *leadership) error {
 
 // handleRequest answers one request. The answer, the request's removal and
 // any change it makes are one transaction.
-func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv interface {
-	GetKey() []byte
-	GetValue() []byte
-}) error {
-	key := string(kv.GetKey())
+func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.KeyValue) error {
+	key := string(kv.Key)
 	id := strings.TrimPrefix(key, m.layout.RequestsPrefix())
 	var req monitorapi.Request
-	if err := json.Unmarshal(kv.GetValue(), &req); err != nil {
+	if err := json.Unmarshal(kv.Value, &req); err != nil {
 		return m.respond(ctx, l, key, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil)
 	}
 	resp := &monitorapi.Response{Op: req.Op, DryRun: req.DryRun}
@@ -287,9 +285,6 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv interface
 		}
 		settings := snap.Settings.Clone()
 		changedSettings := applyOp(&settings, req)
-		if settings.Pins != nil && len(settings.Pins) == 0 {
-			settings.Pins = nil
-		}
 		cur, repair, err := m.current(ctx, snap)
 		if err != nil {
 			return err

@@ -34,6 +34,9 @@ type Member struct {
 	peerURL   string
 	dir       string
 	tls       *TLSFiles
+	// token and initialCluster are what the member first started with;
+	// Restart starts it again with the same.
+	token, initialCluster string
 
 	mu   sync.Mutex
 	etcd *embed.Etcd // nil while stopped
@@ -45,11 +48,17 @@ func Start(tb testing.TB) *Cluster { return StartCluster(tb, 1) }
 // StartCluster runs a cluster of size members and waits until it has a leader.
 func StartCluster(tb testing.TB, size int) *Cluster {
 	tb.Helper()
+	return startCluster(tb, size, nil)
+}
+
+// startCluster serves clients over https with files if they are given.
+func startCluster(tb testing.TB, size int, files *TLSFiles) *Cluster {
+	tb.Helper()
 	var lastErr error
 	// Free ports are found by listening on port 0 and closing; another
 	// process can grab one in between, so a failed start is retried.
 	for attempt := 0; attempt < 5; attempt++ {
-		c, err := tryStart(tb, size, attempt)
+		c, err := tryStart(tb, size, attempt, files)
 		if err == nil {
 			tb.Cleanup(c.stopAll)
 			return c
@@ -60,7 +69,7 @@ func StartCluster(tb testing.TB, size int) *Cluster {
 	return nil
 }
 
-func tryStart(tb testing.TB, size, attempt int) (*Cluster, error) {
+func tryStart(tb testing.TB, size, attempt int, files *TLSFiles) (*Cluster, error) {
 	c := &Cluster{tb: tb, token: fmt.Sprintf("etcdtest-%d-%d", time.Now().UnixNano(), attempt)}
 	ports, err := freePorts(2 * size)
 	if err != nil {
@@ -68,10 +77,8 @@ func tryStart(tb testing.TB, size, attempt int) (*Cluster, error) {
 	}
 	var initial []string
 	scheme := "http"
-	var files *TLSFiles
-	if f, ok := tlsFiles.Load(tb); ok {
-		ff := f.(TLSFiles)
-		scheme, files = "https", &ff
+	if files != nil {
+		scheme = "https"
 	}
 	for i := 0; i < size; i++ {
 		m := &Member{
@@ -147,13 +154,8 @@ func (m *Member) config(token, initialCluster string) *embed.Config {
 	return cfg
 }
 
-var (
-	memberInitial sync.Map // *Member -> [2]string{token, initialCluster}
-	tlsFiles      sync.Map // testing.TB -> TLSFiles, while StartTLS starts a cluster
-)
-
 func (m *Member) start(token, initialCluster string) error {
-	memberInitial.Store(m, [2]string{token, initialCluster})
+	m.token, m.initialCluster = token, initialCluster
 	e, err := embed.StartEtcd(m.config(token, initialCluster))
 	if err != nil {
 		return fmt.Errorf("member %s: %w", m.Name, err)
@@ -188,11 +190,9 @@ func (c *Cluster) Stop(i int) {
 func (c *Cluster) Restart(i int) {
 	c.tb.Helper()
 	m := c.Members[i]
-	v, _ := memberInitial.Load(m)
-	ti := v.([2]string)
 	var err error
 	for attempt := 0; attempt < 50; attempt++ { // the old listener may linger briefly
-		if err = m.start(ti[0], ti[1]); err == nil {
+		if err = m.start(m.token, m.initialCluster); err == nil {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -27,9 +27,7 @@ type TLSFiles struct {
 func StartTLS(tb testing.TB) (*Cluster, TLSFiles) {
 	tb.Helper()
 	files := newPKI(tb)
-	tlsFiles.Store(tb, files)
-	defer tlsFiles.Delete(tb)
-	return Start(tb), files
+	return startCluster(tb, 1, &files), files
 }
 
 func newPKI(tb testing.TB) TLSFiles {

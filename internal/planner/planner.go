@@ -18,6 +18,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
@@ -101,7 +102,7 @@ func Compute(in Input) (*Plan, error) {
 
 	// Pins that can be honoured: to a live, undrained node.
 	pinned := map[bucket.Bucket]string{}
-	for _, b := range sortedPins(in.Settings.Pins) {
+	for _, b := range slices.Sorted(maps.Keys(in.Settings.Pins)) {
 		n := in.Settings.Pins[b]
 		switch {
 		case !live[n]:
@@ -133,7 +134,7 @@ func Compute(in Input) (*Plan, error) {
 	}
 
 	// 1. Pinned buckets go to their node.
-	for _, b := range sortedKeys(pinned) {
+	for _, b := range slices.Sorted(maps.Keys(pinned)) {
 		if p.Owners[b] != pinned[b] {
 			move(b, pinned[b], ReasonPinned)
 		}
@@ -277,15 +278,4 @@ func mostBelowTarget(nodes []string, counts, target map[string]int) string {
 
 func (p *Plan) sortMoves() {
 	slices.SortFunc(p.Moves, func(a, b Move) int { return cmp.Compare(a.Bucket, b.Bucket) })
-}
-
-func sortedPins(m map[bucket.Bucket]string) []bucket.Bucket { return sortedKeys(m) }
-
-func sortedKeys(m map[bucket.Bucket]string) []bucket.Bucket {
-	keys := make([]bucket.Bucket, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
