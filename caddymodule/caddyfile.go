@@ -28,20 +28,20 @@ func init() {
 //	etcd_key <file>
 //	etcd_user <name>
 //	etcd_password <password>
-var clusterSubdirectives = map[string]func(*ClusterConfig) *string{
-	"config":        func(c *ClusterConfig) *string { return &c.ServerConfig },
-	"prefix":        func(c *ClusterConfig) *string { return &c.Prefix },
-	"etcd_cacert":   func(c *ClusterConfig) *string { return &c.EtcdCACert },
-	"etcd_cert":     func(c *ClusterConfig) *string { return &c.EtcdCert },
-	"etcd_key":      func(c *ClusterConfig) *string { return &c.EtcdKey },
-	"etcd_user":     func(c *ClusterConfig) *string { return &c.EtcdUser },
-	"etcd_password": func(c *ClusterConfig) *string { return &c.EtcdPassword },
+var clusterSubdirectives = map[string]func(*EtcdConfig) *string{
+	"config":        func(c *EtcdConfig) *string { return &c.ServerConfig },
+	"prefix":        func(c *EtcdConfig) *string { return &c.Prefix },
+	"etcd_cacert":   func(c *EtcdConfig) *string { return &c.EtcdCACert },
+	"etcd_cert":     func(c *EtcdConfig) *string { return &c.EtcdCert },
+	"etcd_key":      func(c *EtcdConfig) *string { return &c.EtcdKey },
+	"etcd_user":     func(c *EtcdConfig) *string { return &c.EtcdUser },
+	"etcd_password": func(c *EtcdConfig) *string { return &c.EtcdPassword },
 	"etcd":          nil, // a list
 }
 
 // parseClusterSubdirective reads the cluster subdirective at the current
 // token and returns how many arguments it had.
-func parseClusterSubdirective(d *caddyfile.Dispenser, c *ClusterConfig) (int, error) {
+func parseClusterSubdirective(d *caddyfile.Dispenser, c *EtcdConfig) (int, error) {
 	name := d.Val()
 	args := d.RemainingArgs()
 	if name == "etcd" {
@@ -84,7 +84,7 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 		return nil, err
 	}
 	d := h.NewFromNextSegment()
-	router := &Router{}
+	router := &DtableBucket{}
 	for d.Next() {
 		if d.CountRemainingArgs() > 0 {
 			return nil, d.Errf("dtable_bucket_proxy takes no upstream addresses: the bucket's owner is looked up in etcd")
@@ -95,7 +95,7 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 			}
 			var n int
 			if _, ours := clusterSubdirectives[d.Val()]; ours {
-				if n, err = parseClusterSubdirective(d, &router.ClusterConfig); err != nil {
+				if n, err = parseClusterSubdirective(d, &router.EtcdConfig); err != nil {
 					return nil, err
 				}
 			} else {
@@ -150,7 +150,7 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 	if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
 		return nil, err
 	}
-	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(BucketUpstreams{}, "source", "dtable_bucket", nil)
+	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(DtableBucketUpstreams{}, "source", "dtable_bucket", nil)
 
 	route := caddyhttp.Route{HandlersRaw: []json.RawMessage{
 		caddyconfig.JSONModuleObject(router, "handler", "dtable_bucket", nil),
@@ -171,19 +171,19 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 //	    request_timeout <duration>
 //	}
 func parseClusterAdmin(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	a := &ClusterAdmin{}
+	a := &DtableClusterAdmin{}
 	return a, a.UnmarshalCaddyfile(h.Dispenser)
 }
 
 // UnmarshalCaddyfile reads the dtable_cluster_admin block.
-func (a *ClusterAdmin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (a *DtableClusterAdmin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
 		if _, ours := clusterSubdirectives[d.Val()]; ours {
-			if _, err := parseClusterSubdirective(d, &a.ClusterConfig); err != nil {
+			if _, err := parseClusterSubdirective(d, &a.EtcdConfig); err != nil {
 				return err
 			}
 			continue

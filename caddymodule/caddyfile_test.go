@@ -129,8 +129,8 @@ func TestValidateDoesNotWaitForEtcd(t *testing.T) {
 		t.Fatalf("validate took %v with etcd unreachable", took)
 	}
 	n := 0
-	forEachCluster(func(*sharedCluster) { n++ })
+	forEachFollower(func(*follower) { n++ })
 	if n != 0 {
-		t.Fatalf("%d shared clusters left running after validate", n)
+		t.Fatalf("%d shared followers left running after validate", n)
 	}
 }

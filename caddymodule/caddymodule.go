@@ -2,17 +2,29 @@
 // modules that route every request for a base to the server that owns the
 // base's bucket, as written by the monitor in etcd.
 //
-//   - http.handlers.dtable_bucket (Router): finds the base UUID, looks up the
-//     owner, stamps X-Dtable-Bucket and X-Dtable-Assignment-Version, answers
-//     400/503 itself when it cannot route.
-//   - http.reverse_proxy.upstreams.dtable_bucket (BucketUpstreams): gives
-//     Caddy's reverse_proxy the chosen owner as its one upstream.
-//   - http.handlers.dtable_cluster_admin (ClusterAdmin): POST /rebalance/,
-//     GET /status, /nodes, /buckets, /lookup/<uuid> for the admin site.
-//   - admin.api.dtable_cluster (AdminAPI): read-only views on Caddy's admin API.
+// Each module's type is its ID in CamelCase, in the file of the same name:
 //
-// Caddyfile directives: dtable_bucket_proxy and dtable_cluster_admin (see
-// caddyfile.go and README.md). Build with xcaddy.sh.
+//   - http.handlers.dtable_bucket: DtableBucket (dtable_bucket.go) finds the
+//     base UUID (uuid_finder.go), looks up the owner in the route table
+//     (route_table.go), stamps X-Dtable-Bucket and
+//     X-Dtable-Assignment-Version, and answers 400/503 itself when it cannot
+//     route.
+//   - http.reverse_proxy.upstreams.dtable_bucket: DtableBucketUpstreams
+//     (dtable_bucket_upstreams.go) gives Caddy's reverse_proxy the chosen
+//     owner as its one upstream.
+//   - http.handlers.dtable_cluster_admin: DtableClusterAdmin
+//     (dtable_cluster_admin.go), the operator site: POST /rebalance/,
+//     GET /status, /nodes, /buckets, /lookup/<uuid>.
+//   - admin.api.dtable_cluster: DtableClusterAPI (dtable_cluster_api.go),
+//     read-only views on Caddy's admin API.
+//
+// All of them share one follower per etcd cluster and prefix (follower.go):
+// the etcd client, the watcher and the route table, kept across config
+// reloads in a caddy.UsagePool. EtcdConfig says where etcd is.
+//
+// Caddyfile directives (caddyfile.go): dtable_bucket_proxy, which adapts to
+// the dtable_bucket handler followed by reverse_proxy with the dtable_bucket
+// upstream source, and dtable_cluster_admin. Build with xcaddy.sh.
 package caddymodule
 
 import (
@@ -23,22 +35,22 @@ import (
 )
 
 func init() {
-	caddy.RegisterModule(new(Router))
-	caddy.RegisterModule(BucketUpstreams{})
-	caddy.RegisterModule(new(ClusterAdmin))
-	caddy.RegisterModule(AdminAPI{})
+	caddy.RegisterModule(new(DtableBucket))
+	caddy.RegisterModule(DtableBucketUpstreams{})
+	caddy.RegisterModule(new(DtableClusterAdmin))
+	caddy.RegisterModule(DtableClusterAPI{})
 }
 
 // Interface guards.
 var (
-	_ caddy.Provisioner           = (*Router)(nil)
-	_ caddy.Validator             = (*Router)(nil)
-	_ caddy.CleanerUpper          = (*Router)(nil)
-	_ caddyhttp.MiddlewareHandler = (*Router)(nil)
-	_ reverseproxy.UpstreamSource = BucketUpstreams{}
-	_ caddy.Provisioner           = (*ClusterAdmin)(nil)
-	_ caddy.CleanerUpper          = (*ClusterAdmin)(nil)
-	_ caddyhttp.MiddlewareHandler = (*ClusterAdmin)(nil)
-	_ caddyfile.Unmarshaler       = (*ClusterAdmin)(nil)
-	_ caddy.AdminRouter           = AdminAPI{}
+	_ caddy.Provisioner           = (*DtableBucket)(nil)
+	_ caddy.Validator             = (*DtableBucket)(nil)
+	_ caddy.CleanerUpper          = (*DtableBucket)(nil)
+	_ caddyhttp.MiddlewareHandler = (*DtableBucket)(nil)
+	_ reverseproxy.UpstreamSource = DtableBucketUpstreams{}
+	_ caddy.Provisioner           = (*DtableClusterAdmin)(nil)
+	_ caddy.CleanerUpper          = (*DtableClusterAdmin)(nil)
+	_ caddyhttp.MiddlewareHandler = (*DtableClusterAdmin)(nil)
+	_ caddyfile.Unmarshaler       = (*DtableClusterAdmin)(nil)
+	_ caddy.AdminRouter           = DtableClusterAPI{}
 )

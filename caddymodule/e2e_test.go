@@ -20,12 +20,13 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/fakeserver"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
 
-var layout = cluster.Layout{Prefix: cluster.DefaultPrefix}
+var layout = schema.Layout{Prefix: schema.DefaultPrefix}
 
 // ports for the one Caddy that caddytest runs per test binary.
 var (
@@ -33,15 +34,6 @@ var (
 	adminPort, proxyPort, siteAdminPort int
 	httpPort, httpsPort                 int
 )
-
-func freePort(t *testing.T) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // backend is a fake dtable-server (see internal/fakeserver).
 type backend struct {
@@ -57,7 +49,7 @@ func newBackend(t *testing.T, name string) *backend {
 
 type env struct {
 	t        *testing.T
-	etcd     *etcdtest.Cluster
+	etcd     *etcdtest.Etcd
 	cli      *clientv3.Client
 	backends map[string]*backend
 	tester   *caddytest.Tester
@@ -68,7 +60,7 @@ type env struct {
 // and loads a Caddy config with the proxy and admin sites.
 func setup(t *testing.T) *env {
 	portsOnce.Do(func() {
-		adminPort, proxyPort, siteAdminPort, httpPort, httpsPort = freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
+		adminPort, proxyPort, siteAdminPort, httpPort, httpsPort = testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	})
 	watchProgressInterval = 200 * time.Millisecond
 	e := &env{t: t, etcd: etcdtest.Start(t), backends: map[string]*backend{}}
@@ -79,7 +71,7 @@ func setup(t *testing.T) *env {
 		if n == "n3" {
 			local = e.backends[n].srv.URL + "/n3prefix/"
 		}
-		e.put(layout.NodeKey(n), cluster.Node{NodeID: n, NodeURL: "https://" + n + ".example.com/", LocalNodeURL: local}.Encode())
+		e.put(layout.NodeKey(n), schema.Node{NodeID: n, NodeURL: "https://" + n + ".example.com/", LocalNodeURL: local}.Encode())
 	}
 	e.putAssignment(1, nil)
 	e.load()
@@ -137,7 +129,7 @@ func (e *env) put(key string, value []byte) {
 
 // putAssignment writes bucket b -> n(b%3+1), with overrides.
 func (e *env) putAssignment(version int64, override map[bucket.Bucket]string) {
-	a := &cluster.Assignment{Version: version}
+	a := &schema.Assignment{Version: version}
 	for b := range a.Owners {
 		a.Owners[b] = fmt.Sprintf("n%d", b%3+1)
 	}
@@ -153,9 +145,9 @@ func (e *env) waitVersion(v int64) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var got int64 = -1
-		forEachCluster(func(sc *sharedCluster) {
-			if strings.Join(sc.endpoints, ",") == strings.Join(e.etcd.Endpoints(), ",") {
-				got = sc.table.Load().version
+		forEachFollower(func(fw *follower) {
+			if strings.Join(fw.endpoints, ",") == strings.Join(e.etcd.Endpoints(), ",") {
+				got = fw.table.Load().version
 			}
 		})
 		if got == v {
@@ -300,7 +292,7 @@ func TestErrorsSayWhatIsWrong(t *testing.T) {
 		}
 	}
 	// An unassigned bucket and an owner that is not registered: 503 with Retry-After.
-	a := &cluster.Assignment{Version: 2}
+	a := &schema.Assignment{Version: 2}
 	for b := range a.Owners {
 		a.Owners[b] = fmt.Sprintf("n%d", b%3+1)
 	}
@@ -468,14 +460,14 @@ func TestAdminSiteLookupNodesBucketsAndMetrics(t *testing.T) {
 
 func TestReloadKeepsTheSharedCluster(t *testing.T) {
 	e := setup(t)
-	var before *sharedCluster
-	forEachCluster(func(sc *sharedCluster) { before = sc })
+	var before *follower
+	forEachFollower(func(fw *follower) { before = fw })
 	relists := before.watcher.Status().Relists
 	e.tester.InitServer(strings.Replace(e.config(), "lb_try_duration 500ms", "lb_try_duration 600ms", 1), "caddyfile")
 	count := 0
-	forEachCluster(func(sc *sharedCluster) {
+	forEachFollower(func(fw *follower) {
 		count++
-		if sc != before {
+		if fw != before {
 			t.Error("the reload started a new etcd client and watcher")
 		}
 	})

@@ -53,7 +53,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	return nil
 }
 
-// stateCollector reports each shared cluster's state at scrape time.
+// stateCollector reports each shared follower's state at scrape time.
 type stateCollector struct {
 	version, age, up, nodes *prometheus.Desc
 }
@@ -66,19 +66,19 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	forEachCluster(func(sc *sharedCluster) {
-		t := sc.table.Load()
+	forEachFollower(func(fw *follower) {
+		t := fw.table.Load()
 		connected := 0.0
-		if sc.watcher.Status().Connected {
+		if fw.watcher.Status().Connected {
 			connected = 1
 		}
-		ch <- prometheus.MustNewConstMetric(c.version, prometheus.GaugeValue, float64(t.version), sc.layout.Prefix)
-		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, time.Since(t.builtAt).Seconds(), sc.layout.Prefix)
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, connected, sc.layout.Prefix)
+		ch <- prometheus.MustNewConstMetric(c.version, prometheus.GaugeValue, float64(t.version), fw.layout.Prefix)
+		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, time.Since(t.builtAt).Seconds(), fw.layout.Prefix)
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, connected, fw.layout.Prefix)
 		n := 0
 		if t.snap != nil {
 			n = len(t.snap.Nodes)
 		}
-		ch <- prometheus.MustNewConstMetric(c.nodes, prometheus.GaugeValue, float64(n), sc.layout.Prefix)
+		ch <- prometheus.MustNewConstMetric(c.nodes, prometheus.GaugeValue, float64(n), fw.layout.Prefix)
 	})
 }

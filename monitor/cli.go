@@ -16,10 +16,11 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/clusterview"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
 	"github.com/dtablecluster/dtable-router/internal/logging"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
+	"github.com/dtablecluster/dtable-router/internal/statusview"
+	"github.com/dtablecluster/dtable-router/internal/usage"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 // runCLI runs one operator command.
@@ -39,7 +40,7 @@ func runCLI(ctx context.Context, cmd string, args []string, stdout, stderr io.Wr
 		return err
 	}
 	if err := c.finish(); err != nil {
-		return usageError{err}
+		return usage.Wrap(err)
 	}
 	req := monitorapi.Request{DryRun: dryRun}
 	want := 0
@@ -56,7 +57,7 @@ func runCLI(ctx context.Context, cmd string, args []string, stdout, stderr io.Wr
 		req.Op, want = monitorapi.OpAutoRebalance, 1
 	}
 	if len(pos) != want {
-		return usageError{fmt.Errorf("want %d argument(s), got %d: %q\n\n%s", want, len(pos), pos, usageText)}
+		return usage.Errorf("want %d argument(s), got %d: %q\n\n%s", want, len(pos), pos, usageText)
 	}
 	switch cmd {
 	case "drain", "undrain":
@@ -71,13 +72,13 @@ func runCLI(ctx context.Context, cmd string, args []string, stdout, stderr io.Wr
 			req.Enabled = true
 		case "off":
 		default:
-			return usageError{fmt.Errorf("auto-rebalance: want on or off, got %q", pos[0])}
+			return usage.Errorf("auto-rebalance: want on or off, got %q", pos[0])
 		}
 	}
 	if req.Bucket != "" {
 		b, err := bucket.Parse(req.Bucket)
 		if err != nil {
-			return usageError{err}
+			return usage.Wrap(err)
 		}
 		req.Bucket = b.String()
 	}
@@ -120,7 +121,7 @@ func cliLogger(c common, stderr io.Writer) (*zap.Logger, error) {
 	}
 	log, err := logging.New(level, c.logJSON, stderr)
 	if err != nil {
-		return nil, usageError{fmt.Errorf("flag -log-level: %v", err)}
+		return nil, usage.Errorf("flag -log-level: %v", err)
 	}
 	return log, nil
 }
@@ -128,14 +129,14 @@ func cliLogger(c common, stderr io.Writer) (*zap.Logger, error) {
 // status prints the nodes, their bucket counts, the version and the leader.
 // It reads etcd directly and needs no running monitor.
 func status(ctx context.Context, c common, cli *clientv3.Client, log *zap.Logger, asJSON bool, stdout io.Writer) error {
-	w := clusterwatch.New(clusterwatch.Config{Client: cli, Layout: c.layout, Logger: log.Named("watch")})
+	w := watch.New(watch.Config{Client: cli, Layout: c.layout, Logger: log.Named("watch")})
 	w.Start()
 	defer w.Stop()
 	snap, err := w.WaitReady(ctx)
 	if err != nil {
 		return err
 	}
-	st := clusterview.NewStatus(c.layout.Prefix, snap)
+	st := statusview.NewStatus(c.layout.Prefix, snap)
 	if st.Leader, err = monitorapi.Leader(ctx, cli, c.layout); err != nil {
 		return fmt.Errorf("read the leader: %w", err)
 	}

@@ -6,9 +6,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterview"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/statusview"
 )
 
 func runCapture(args ...string) (string, string, int) {
@@ -48,11 +48,11 @@ func TestCLIWithoutMonitorAndStatus(t *testing.T) {
 		t.Fatalf("rebalance without monitor: exit %d, %q", code, stderr)
 	}
 	stdout, stderr, code := runCapture("status", etcd, "-json")
-	var st clusterview.Status
+	var st statusview.Status
 	if code != 0 || json.Unmarshal([]byte(stdout), &st) != nil {
 		t.Fatalf("status -json: exit %d, %q %q", code, stdout, stderr)
 	}
-	if st.Version != 0 || st.Unassigned != 256 || len(st.Nodes) != 1 || st.Nodes[0].State != clusterview.StateLive || st.Leader != "" {
+	if st.Version != 0 || st.Unassigned != 256 || len(st.Nodes) != 1 || st.Nodes[0].State != statusview.StateLive || st.Leader != "" {
 		t.Fatalf("status = %+v", st)
 	}
 	stdout, _, code = runCapture("status", etcd)
@@ -63,7 +63,7 @@ func TestCLIWithoutMonitorAndStatus(t *testing.T) {
 	// With a monitor: a dry-run drain prints the plan and changes nothing.
 	startMonitor(t, c, "mon-a", nil)
 	registerNode(t, cli, "n2")
-	first, _ := waitAssignment(t, cli, "assigned", func(a *cluster.Assignment) bool { return len(a.Owned("")) == 0 })
+	first, _ := waitAssignment(t, cli, "assigned", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
 	stdout, stderr, code = runCapture("drain", "n1", etcd, "-dry-run")
 	if code != 0 || !strings.Contains(stdout, "drain (dry run, nothing changed)") {
 		t.Fatalf("drain -dry-run: exit %d\n%s%s", code, stdout, stderr)

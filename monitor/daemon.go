@@ -9,16 +9,16 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 // monitor campaigns for leadership and, while it leads, keeps the
 // assignment in etcd right. Several may run; one leads.
 type monitor struct {
 	cli      *clientv3.Client
-	layout   cluster.Layout
-	watcher  *clusterwatch.Watcher
+	layout   schema.Layout
+	watcher  *watch.Watcher
 	id       string        // this monitor's name in the election
 	interval time.Duration // periodic reconcile
 	// settle is how long the first assignment waits after the first node

@@ -15,10 +15,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/planner"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 var (
@@ -40,7 +40,7 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 	defer ticker.Stop()
 	var settle <-chan time.Time
 
-	step := func(snap *clusterwatch.Snapshot) error {
+	step := func(snap *watch.Snapshot) error {
 		wait, err := m.reconcile(ctx, l, snap)
 		if wait > 0 && settle == nil {
 			settle = time.After(wait)
@@ -93,7 +93,7 @@ func (m *monitor) watchRequests(ctx context.Context) <-chan clientv3.WatchRespon
 // invalid, it is the last valid one this monitor saw or, failing that,
 // what can be salvaged from the invalid value, and repair is true: the
 // value must be rewritten even if nothing moves.
-func (m *monitor) current(ctx context.Context, snap *clusterwatch.Snapshot) (cur *cluster.Assignment, repair bool, err error) {
+func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schema.Assignment, repair bool, err error) {
 	if snap.AssignmentError == nil {
 		return snap.Assignment, false, nil
 	}
@@ -107,7 +107,7 @@ func (m *monitor) current(ctx context.Context, snap *clusterwatch.Snapshot) (cur
 	if len(resp.Kvs) > 0 {
 		raw = resp.Kvs[0].Value
 	}
-	salvaged, problems := cluster.SalvageAssignment(raw)
+	salvaged, problems := schema.SalvageAssignment(raw)
 	cur = snap.Assignment
 	from := "the last valid assignment"
 	if cur == nil {
@@ -124,7 +124,7 @@ func (m *monitor) current(ctx context.Context, snap *clusterwatch.Snapshot) (cur
 
 // reconcile plans from snap and writes the result if anything must change.
 // It returns how long to wait before planning a first assignment (settle).
-func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *clusterwatch.Snapshot) (time.Duration, error) {
+func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snapshot) (time.Duration, error) {
 	if snap == nil {
 		return 0, nil
 	}
@@ -170,8 +170,8 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *clusterwat
 
 // nextAssignment builds the assignment to write: the plan's owners, the
 // version after cur's, cur's extra fields, and who wrote it when.
-func nextAssignment(cur *cluster.Assignment, plan *planner.Plan, by string) *cluster.Assignment {
-	next := &cluster.Assignment{Version: 1, Owners: plan.Owners, Extra: map[string]json.RawMessage{}}
+func nextAssignment(cur *schema.Assignment, plan *planner.Plan, by string) *schema.Assignment {
+	next := &schema.Assignment{Version: 1, Owners: plan.Owners, Extra: map[string]json.RawMessage{}}
 	if cur != nil {
 		next.Version = cur.Version + 1
 		maps.Copy(next.Extra, cur.Clone().Extra)
@@ -181,7 +181,7 @@ func nextAssignment(cur *cluster.Assignment, plan *planner.Plan, by string) *clu
 	return next
 }
 
-func (m *monitor) logChange(msg string, cur, next *cluster.Assignment, plan *planner.Plan, rev int64, repair bool) {
+func (m *monitor) logChange(msg string, cur, next *schema.Assignment, plan *planner.Plan, rev int64, repair bool) {
 	prev := int64(0)
 	if cur != nil {
 		prev = cur.Version
@@ -209,8 +209,8 @@ func orNone(s string) string {
 // monitor leads (its election key has the create revision it won with)
 // and, unless snap is nil, the assignment and settings are as in snap.
 // A nil snap may only go with no assignment or settings change.
-func (m *monitor) write(ctx context.Context, l *leadership, snap *clusterwatch.Snapshot,
-	next *cluster.Assignment, settings *cluster.Settings, extra []clientv3.Op) (int64, error) {
+func (m *monitor) write(ctx context.Context, l *leadership, snap *watch.Snapshot,
+	next *schema.Assignment, settings *schema.Settings, extra []clientv3.Op) (int64, error) {
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)}
 	if snap != nil {
 		cmps = append(cmps,
@@ -305,11 +305,11 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 			return m.respond(ctx, l, key, id, nil, resp, nil, nil)
 		}
 		describe(resp, plan)
-		var next *cluster.Assignment
+		var next *schema.Assignment
 		if plan.Changed() || repair {
 			next = nextAssignment(cur, plan, m.id)
 		}
-		var newSettings *cluster.Settings
+		var newSettings *schema.Settings
 		if changedSettings {
 			newSettings = &settings
 		}
@@ -334,7 +334,7 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 }
 
 // applyOp changes settings as req asks; it reports whether they changed.
-func applyOp(s *cluster.Settings, req monitorapi.Request) bool {
+func applyOp(s *schema.Settings, req monitorapi.Request) bool {
 	before := string(s.Encode())
 	switch req.Op {
 	case monitorapi.OpDrain:
@@ -360,16 +360,13 @@ func applyOp(s *cluster.Settings, req monitorapi.Request) bool {
 
 // describe fills a response with a plan's moves and counts.
 func describe(resp *monitorapi.Response, plan *planner.Plan) {
-	resp.Moves = []monitorapi.Move{}
-	for _, mv := range plan.Moves {
-		resp.Moves = append(resp.Moves, monitorapi.Move{Bucket: mv.Bucket.String(), From: mv.From, To: mv.To, Reason: mv.Reason})
-	}
+	resp.Moves = append([]schema.Move{}, plan.Moves...) // [] rather than null in JSON
 	resp.MovesPerNode = movesPerNode(plan.Moves)
 	resp.Counts = plan.Counts()
 	resp.Warnings = append(resp.Warnings, plan.Warnings...)
 }
 
-func movesPerNode(moves []planner.Move) map[string]monitorapi.NodeMoves {
+func movesPerNode(moves []schema.Move) map[string]monitorapi.NodeMoves {
 	per := map[string]monitorapi.NodeMoves{}
 	for _, mv := range moves {
 		if mv.From != "" {
@@ -388,8 +385,8 @@ func movesPerNode(moves []planner.Move) map[string]monitorapi.NodeMoves {
 // request, together with any assignment and settings change, in one
 // fenced transaction. With snap nil (an answer that changes nothing and
 // was not planned, e.g. a refusal) only leadership is checked.
-func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string, snap *clusterwatch.Snapshot,
-	resp *monitorapi.Response, next *cluster.Assignment, settings *cluster.Settings) error {
+func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string, snap *watch.Snapshot,
+	resp *monitorapi.Response, next *schema.Assignment, settings *schema.Settings) error {
 	resp.ID, resp.Leader = id, m.id
 	body, _ := json.Marshal(resp)
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -408,7 +405,7 @@ func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string,
 
 // freshSnapshot returns the watcher's snapshot once it includes our own
 // last write (the watcher may lag behind a write by a few milliseconds).
-func (m *monitor) freshSnapshot(ctx context.Context, minRev int64) (*clusterwatch.Snapshot, error) {
+func (m *monitor) freshSnapshot(ctx context.Context, minRev int64) (*watch.Snapshot, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		s := m.watcher.Snapshot()

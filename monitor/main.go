@@ -28,11 +28,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
 	"github.com/dtablecluster/dtable-router/internal/etcdclient"
 	"github.com/dtablecluster/dtable-router/internal/logging"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/serverconfig"
+	"github.com/dtablecluster/dtable-router/internal/usage"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 func main() {
@@ -44,7 +45,7 @@ type common struct {
 	etcd     etcdclient.Options
 	config   string
 	prefix   string
-	layout   cluster.Layout
+	layout   schema.Layout
 	logLevel string
 	logJSON  bool
 }
@@ -52,7 +53,7 @@ type common struct {
 func (c *common) addFlags(fs *flag.FlagSet) {
 	c.etcd.AddFlags(fs)
 	fs.StringVar(&c.config, "config", "", "dtable_server_config.json to read etcd_host_list from (when -etcd is not given)")
-	fs.StringVar(&c.prefix, "prefix", cluster.DefaultPrefix, "etcd key prefix of the cluster")
+	fs.StringVar(&c.prefix, "prefix", schema.DefaultPrefix, "etcd key prefix of the cluster")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&c.logJSON, "log-json", false, "log JSON lines instead of text")
 }
@@ -73,7 +74,7 @@ func (c *common) finish() error {
 		return fmt.Errorf("flag -etcd: %v", err)
 	}
 	var err error
-	if c.layout, err = cluster.NewLayout(c.prefix); err != nil {
+	if c.layout, err = schema.NewLayout(c.prefix); err != nil {
 		return fmt.Errorf("flag -prefix: %v", err)
 	}
 	return nil
@@ -82,9 +83,6 @@ func (c *common) finish() error {
 func (c *common) client(log *zap.Logger) (*clientv3.Client, error) {
 	return c.etcd.New(log.Named("etcd"))
 }
-
-// usageError is reported with exit code 2.
-type usageError struct{ error }
 
 func run(args []string, stdout, stderr io.Writer) int {
 	cmd := "run"
@@ -103,19 +101,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, usageText)
 		return 0
 	default:
-		err = usageError{fmt.Errorf("unknown command %q\n\n%s", cmd, usageText)}
+		err = usage.Errorf("unknown command %q\n\n%s", cmd, usageText)
 	}
-	var ue usageError
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
-		return 0
-	case errors.As(err, &ue):
+	code := usage.ExitCode(err)
+	if code != 0 {
 		fmt.Fprintf(stderr, "monitor %s: %v\n", cmd, err)
-		return 2
-	default:
-		fmt.Fprintf(stderr, "monitor %s: %v\n", cmd, err)
-		return 1
 	}
+	return code
 }
 
 const usageText = `Usage:
@@ -140,7 +132,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 			if errors.Is(err, flag.ErrHelp) {
 				return nil, err
 			}
-			return nil, usageError{err}
+			return nil, usage.Wrap(err)
 		}
 		args = fs.Args()
 		if len(args) == 0 {
@@ -166,17 +158,17 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	if len(pos) > 0 {
-		return usageError{fmt.Errorf("unexpected arguments: %s", strings.Join(pos, " "))}
+		return usage.Errorf("unexpected arguments: %s", strings.Join(pos, " "))
 	}
 	if err := c.finish(); err != nil {
-		return usageError{err}
+		return usage.Wrap(err)
 	}
 	if *interval <= 0 || *settle < 0 || *sessionTTL < time.Second {
-		return usageError{errors.New("-interval must be positive, -settle not negative, -session-ttl at least 1s")}
+		return usage.Errorf("-interval must be positive, -settle not negative, -session-ttl at least 1s")
 	}
 	log, err := logging.New(c.logLevel, c.logJSON, stderr)
 	if err != nil {
-		return usageError{fmt.Errorf("flag -log-level: %v", err)}
+		return usage.Errorf("flag -log-level: %v", err)
 	}
 	defer log.Sync()
 	cli, err := c.client(log)
@@ -184,7 +176,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer cli.Close()
-	w := clusterwatch.New(clusterwatch.Config{Client: cli, Layout: c.layout, Logger: log.Named("watch")})
+	w := watch.New(watch.Config{Client: cli, Layout: c.layout, Logger: log.Named("watch")})
 	w.Start()
 	defer w.Stop()
 	m := &monitor{

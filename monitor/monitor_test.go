@@ -17,13 +17,13 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
-var layout = cluster.Layout{Prefix: cluster.DefaultPrefix}
+var layout = schema.Layout{Prefix: schema.DefaultPrefix}
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -39,7 +39,7 @@ func registerNode(t *testing.T, cli *clientv3.Client, id string) clientv3.LeaseI
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := cluster.Node{NodeID: id, NodeURL: "https://" + id + ".example.com/", LocalNodeURL: "http://127.0.0.1:9/"}
+	n := schema.Node{NodeID: id, NodeURL: "https://" + id + ".example.com/", LocalNodeURL: "http://127.0.0.1:9/"}
 	if _, err := cli.Put(ctx, layout.NodeKey(id), string(n.Encode()), clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ type testMonitor struct {
 }
 
 // startMonitor runs a monitor with its own client and watcher.
-func startMonitor(t *testing.T, c *etcdtest.Cluster, id string, log *zap.Logger) *testMonitor {
+func startMonitor(t *testing.T, c *etcdtest.Etcd, id string, log *zap.Logger) *testMonitor {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -63,7 +63,7 @@ func startMonitor(t *testing.T, c *etcdtest.Cluster, id string, log *zap.Logger)
 	if log == nil {
 		log = zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))
 	}
-	w := clusterwatch.New(clusterwatch.Config{Client: cli, Layout: layout, Logger: log})
+	w := watch.New(watch.Config{Client: cli, Layout: layout, Logger: log})
 	w.Start()
 	tm := &testMonitor{cli: cli, done: make(chan struct{})}
 	tm.m = &monitor{cli: cli, layout: layout, watcher: w, id: id, interval: 200 * time.Millisecond,
@@ -94,7 +94,7 @@ func (tm *testMonitor) crash() {
 	<-tm.done
 }
 
-func getAssignment(t *testing.T, cli *clientv3.Client) *cluster.Assignment {
+func getAssignment(t *testing.T, cli *clientv3.Client) *schema.Assignment {
 	t.Helper()
 	resp, err := cli.Get(ctxT(t), layout.AssignmentKey())
 	if err != nil {
@@ -103,7 +103,7 @@ func getAssignment(t *testing.T, cli *clientv3.Client) *cluster.Assignment {
 	if len(resp.Kvs) == 0 {
 		return nil
 	}
-	a, err := cluster.ParseAssignment(resp.Kvs[0].Value)
+	a, err := schema.ParseAssignment(resp.Kvs[0].Value)
 	if err != nil {
 		t.Fatalf("assignment in etcd is invalid: %v", err)
 	}
@@ -112,7 +112,7 @@ func getAssignment(t *testing.T, cli *clientv3.Client) *cluster.Assignment {
 
 // waitAssignment polls until a valid assignment satisfies cond (an
 // invalid value counts as "not yet").
-func waitAssignment(t *testing.T, cli *clientv3.Client, what string, cond func(*cluster.Assignment) bool) (*cluster.Assignment, time.Duration) {
+func waitAssignment(t *testing.T, cli *clientv3.Client, what string, cond func(*schema.Assignment) bool) (*schema.Assignment, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	for {
@@ -121,7 +121,7 @@ func waitAssignment(t *testing.T, cli *clientv3.Client, what string, cond func(*
 			t.Fatal(err)
 		}
 		if len(resp.Kvs) > 0 {
-			if a, err := cluster.ParseAssignment(resp.Kvs[0].Value); err == nil && cond(a) {
+			if a, err := schema.ParseAssignment(resp.Kvs[0].Value); err == nil && cond(a) {
 				return a, time.Since(start)
 			}
 		}
@@ -132,7 +132,7 @@ func waitAssignment(t *testing.T, cli *clientv3.Client, what string, cond func(*
 	}
 }
 
-func countsAre(a *cluster.Assignment, want map[string]int) bool {
+func countsAre(a *schema.Assignment, want map[string]int) bool {
 	c := a.Counts()
 	if len(c) != len(want) {
 		return false
@@ -145,7 +145,7 @@ func countsAre(a *cluster.Assignment, want map[string]int) bool {
 	return true
 }
 
-func updatedBy(a *cluster.Assignment) string {
+func updatedBy(a *schema.Assignment) string {
 	var s string
 	json.Unmarshal(a.Extra["updated_by"], &s)
 	return s
@@ -161,7 +161,7 @@ func TestMonitorLifecycle(t *testing.T) {
 	startMonitor(t, c, "mon-a", nil)
 
 	// All 256 buckets assigned, 86/85/85.
-	first, _ := waitAssignment(t, cli, "first assignment", func(a *cluster.Assignment) bool {
+	first, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool {
 		return countsAre(a, map[string]int{"n1": 86, "n2": 85, "n3": 85})
 	})
 	if first.Version != 1 || updatedBy(first) != "mon-a" {
@@ -172,12 +172,12 @@ func TestMonitorLifecycle(t *testing.T) {
 	if _, err := cli.Revoke(ctxT(t), leases["n2"]); err != nil {
 		t.Fatal(err)
 	}
-	second, took := waitAssignment(t, cli, "n2's buckets moved", func(a *cluster.Assignment) bool { return a.Version == 2 })
+	second, took := waitAssignment(t, cli, "n2's buckets moved", func(a *schema.Assignment) bool { return a.Version == 2 })
 	t.Logf("buckets of a revoked node reassigned in %v", took)
 	if took > time.Second {
 		t.Errorf("took %v to move a dead node's buckets; want under 1s", took)
 	}
-	for _, mv := range cluster.Diff(first, second) {
+	for _, mv := range schema.Diff(first, second) {
 		if mv.From != "n2" {
 			t.Fatalf("bucket %s moved from live %s", mv.Bucket, mv.From)
 		}
@@ -208,8 +208,8 @@ func TestMonitorLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	third := getAssignment(t, cli)
-	if resp.Version != 3 || third.Version != 3 || len(resp.Moves) != 85 || len(cluster.Diff(second, third)) != 85 {
-		t.Fatalf("rebalance: version %d, %d moves, diff %d", resp.Version, len(resp.Moves), len(cluster.Diff(second, third)))
+	if resp.Version != 3 || third.Version != 3 || len(resp.Moves) != 85 || len(schema.Diff(second, third)) != 85 {
+		t.Fatalf("rebalance: version %d, %d moves, diff %d", resp.Version, len(resp.Moves), len(schema.Diff(second, third)))
 	}
 	if c := third.Counts(); max(c["n1"], c["n2"], c["n3"])-min(c["n1"], c["n2"], c["n3"]) > 1 {
 		t.Fatalf("after rebalance: %v", c)
@@ -241,7 +241,7 @@ func TestDrainPinAndUndrainRequests(t *testing.T) {
 		registerNode(t, cli, n)
 	}
 	startMonitor(t, c, "mon-a", nil)
-	start, _ := waitAssignment(t, cli, "first assignment", func(a *cluster.Assignment) bool { return len(a.Owned("")) == 0 })
+	start, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
 	ctx := ctxT(t)
 
 	resp, err := monitorapi.Send(ctx, cli, layout, monitorapi.Request{Op: monitorapi.OpDrain, Node: "n1"})
@@ -249,7 +249,7 @@ func TestDrainPinAndUndrainRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	drained := getAssignment(t, cli)
-	if len(drained.Owned("n1")) != 0 || len(resp.Moves) != 64 || len(cluster.Diff(start, drained)) != 64 {
+	if len(drained.Owned("n1")) != 0 || len(resp.Moves) != 64 || len(schema.Diff(start, drained)) != 64 {
 		t.Fatalf("drain: n1 keeps %d, %d moves", len(drained.Owned("n1")), len(resp.Moves))
 	}
 	for _, mv := range resp.Moves {
@@ -278,7 +278,7 @@ func TestDrainPinAndUndrainRequests(t *testing.T) {
 	}
 	// Pin: one move; unpin: none.
 	r, err := monitorapi.Send(ctx, cli, layout, monitorapi.Request{Op: monitorapi.OpPin, Bucket: "0a", Node: "n2"})
-	if err != nil || len(r.Moves) != 1 || r.Moves[0].Bucket != "0a" || r.Moves[0].To != "n2" {
+	if err != nil || len(r.Moves) != 1 || r.Moves[0].Bucket.String() != "0a" || r.Moves[0].To != "n2" {
 		t.Fatalf("pin: %+v %v", r, err)
 	}
 	// A rebalance keeps the pin.
@@ -313,7 +313,7 @@ func TestTwoMonitorsOnlyTheLeaderWritesAndTheOtherTakesOver(t *testing.T) {
 	go func() {
 		for wr := range cli.Watch(wctx, layout.AssignmentKey()) {
 			for _, ev := range wr.Events {
-				a, err := cluster.ParseAssignment(ev.Kv.Value)
+				a, err := schema.ParseAssignment(ev.Kv.Value)
 				if err == nil {
 					mu.Lock()
 					writers = append(writers, fmt.Sprintf("v%d:%s", a.Version, updatedBy(a)))
@@ -324,7 +324,7 @@ func TestTwoMonitorsOnlyTheLeaderWritesAndTheOtherTakesOver(t *testing.T) {
 	}()
 
 	a := startMonitor(t, c, "mon-a", nil)
-	waitAssignment(t, cli, "first assignment", func(x *cluster.Assignment) bool { return x.Version == 1 })
+	waitAssignment(t, cli, "first assignment", func(x *schema.Assignment) bool { return x.Version == 1 })
 	b := startMonitor(t, c, "mon-b", nil)
 	_ = b
 	time.Sleep(500 * time.Millisecond)
@@ -332,7 +332,7 @@ func TestTwoMonitorsOnlyTheLeaderWritesAndTheOtherTakesOver(t *testing.T) {
 		t.Fatalf("leader = %q; want mon-a", l)
 	}
 	cli.Revoke(ctxT(t), leases["n1"])
-	waitAssignment(t, cli, "n1 gone", func(x *cluster.Assignment) bool { return x.Version == 2 })
+	waitAssignment(t, cli, "n1 gone", func(x *schema.Assignment) bool { return x.Version == 2 })
 
 	// The leader dies without resigning: mon-b takes over once its session expires.
 	a.crash()
@@ -347,7 +347,7 @@ func TestTwoMonitorsOnlyTheLeaderWritesAndTheOtherTakesOver(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	cli.Revoke(ctxT(t), leases["n2"])
-	final, _ := waitAssignment(t, cli, "n2 gone", func(x *cluster.Assignment) bool { return x.Version == 3 })
+	final, _ := waitAssignment(t, cli, "n2 gone", func(x *schema.Assignment) bool { return x.Version == 3 })
 	if len(final.Owned("n3")) != 256 {
 		t.Fatalf("n3 owns %d", len(final.Owned("n3")))
 	}
@@ -365,7 +365,7 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 	cli := c.Client(t)
 	registerNode(t, cli, "n1")
 	ctx := ctxT(t)
-	w := clusterwatch.New(clusterwatch.Config{Client: cli, Layout: layout})
+	w := watch.New(watch.Config{Client: cli, Layout: layout})
 	w.Start()
 	defer w.Stop()
 	snap, err := w.WaitReady(ctx)
@@ -383,7 +383,7 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := &leadership{key: el.Key(), rev: el.Rev()}
-	a := &cluster.Assignment{Version: 1}
+	a := &schema.Assignment{Version: 1}
 	a.Owners[0] = "n1"
 	if _, err := m.write(ctx, l, snap, a, nil, nil); err != nil {
 		t.Fatalf("the leader's write failed: %v", err)
@@ -431,16 +431,16 @@ func TestCorruptAssignmentIsRepairedWithoutMoves(t *testing.T) {
 	}
 	core, logs := observer.New(zap.InfoLevel)
 	startMonitor(t, c, "mon-a", zap.New(core))
-	good, _ := waitAssignment(t, cli, "first", func(a *cluster.Assignment) bool { return a.Version == 1 })
+	good, _ := waitAssignment(t, cli, "first", func(a *schema.Assignment) bool { return a.Version == 1 })
 
 	// Corrupt it: one bad bucket entry makes the whole value invalid.
 	bad := strings.Replace(string(good.Encode()), `"00":"n1"`, `"00":""`, 1)
 	if _, err := cli.Put(ctxT(t), layout.AssignmentKey(), bad); err != nil {
 		t.Fatal(err)
 	}
-	fixed, _ := waitAssignment(t, cli, "repaired", func(a *cluster.Assignment) bool { return a.Version == 2 })
-	if len(cluster.Diff(good, fixed)) != 0 {
-		t.Fatalf("repair moved %d buckets; the last good assignment needs none", len(cluster.Diff(good, fixed)))
+	fixed, _ := waitAssignment(t, cli, "repaired", func(a *schema.Assignment) bool { return a.Version == 2 })
+	if len(schema.Diff(good, fixed)) != 0 {
+		t.Fatalf("repair moved %d buckets; the last good assignment needs none", len(schema.Diff(good, fixed)))
 	}
 	if logs.FilterMessage("the assignment in etcd is invalid; repairing it").Len() == 0 {
 		t.Fatal("the repair was not logged")
@@ -458,19 +458,19 @@ func TestFreshMonitorSalvagesCorruptAssignment(t *testing.T) {
 	for b := range owners {
 		owners[b] = []string{"n1", "n2"}[b%2]
 	}
-	a := &cluster.Assignment{Version: 41, Owners: owners}
+	a := &schema.Assignment{Version: 41, Owners: owners}
 	raw := strings.Replace(string(a.Encode()), `"00":"n1"`, `"00":17`, 1)
 	raw = strings.Replace(raw, `"01":"n2"`, `"01":"n9"`, 1)
 	cli.Put(ctxT(t), layout.AssignmentKey(), raw)
 
 	startMonitor(t, c, "mon-a", nil)
-	fixed, _ := waitAssignment(t, cli, "repaired", func(x *cluster.Assignment) bool { return x.Version == 42 })
-	salvaged, _ := cluster.SalvageAssignment([]byte(raw))
-	diff := cluster.Diff(salvaged, fixed)
-	if len(diff) != 2 || diff[0] != (cluster.Move{Bucket: 0, From: "", To: "n1"}) || diff[1] != (cluster.Move{Bucket: 1, From: "n9", To: "n2"}) {
+	fixed, _ := waitAssignment(t, cli, "repaired", func(x *schema.Assignment) bool { return x.Version == 42 })
+	salvaged, _ := schema.SalvageAssignment([]byte(raw))
+	diff := schema.Diff(salvaged, fixed)
+	if len(diff) != 2 || diff[0] != (schema.Move{Bucket: 0, From: "", To: "n1"}) || diff[1] != (schema.Move{Bucket: 1, From: "n9", To: "n2"}) {
 		t.Fatalf("repair moved %+v; want only the broken bucket 00 and n9's 01, each to the node with fewest", diff)
 	}
-	if d := cluster.Diff(a, fixed); len(d) != 0 {
+	if d := schema.Diff(a, fixed); len(d) != 0 {
 		t.Fatalf("buckets %+v left the owners the value named", d)
 	}
 }

@@ -14,9 +14,9 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 // TestMain lets the test binary run as the monitor itself, so the process
@@ -121,7 +121,7 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	}
 
 	// All 256 buckets assigned 86/85/85.
-	first, _ := waitAssignment(t, cli, "first assignment 86/85/85", func(a *cluster.Assignment) bool {
+	first, _ := waitAssignment(t, cli, "first assignment 86/85/85", func(a *schema.Assignment) bool {
 		c := a.Counts()
 		return len(a.Owned("")) == 0 && len(c) == 3 && max(c["s1"], c["s2"], c["s3"]) == 86 && min(c["s1"], c["s2"], c["s3"]) == 85
 	})
@@ -129,19 +129,19 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	// SIGTERM one registrar: within 1s its buckets are on the others; nothing else moved.
 	start := time.Now()
 	regs["s2"].signal(t, syscall.SIGTERM)
-	second, _ := waitAssignment(t, cli, "s2's buckets moved", func(a *cluster.Assignment) bool { return len(a.Owned("s2")) == 0 })
+	second, _ := waitAssignment(t, cli, "s2's buckets moved", func(a *schema.Assignment) bool { return len(a.Owned("s2")) == 0 })
 	took := time.Since(start)
 	t.Logf("SIGTERM to reassignment: %v", took)
 	if took > time.Second {
 		t.Errorf("reassignment took %v after SIGTERM; want within 1s", took)
 	}
-	for _, mv := range cluster.Diff(first, second) {
+	for _, mv := range schema.Diff(first, second) {
 		if mv.From != "s2" {
 			t.Fatalf("bucket %s moved from %s, which is alive", mv.Bucket, mv.From)
 		}
 	}
-	if second.Version != first.Version+1 || len(cluster.Diff(first, second)) != len(first.Owned("s2")) {
-		t.Fatalf("version %d -> %d, %d moves", first.Version, second.Version, len(cluster.Diff(first, second)))
+	if second.Version != first.Version+1 || len(schema.Diff(first, second)) != len(first.Owned("s2")) {
+		t.Fatalf("version %d -> %d, %d moves", first.Version, second.Version, len(schema.Diff(first, second)))
 	}
 
 	// Start it again: nothing moves.
@@ -160,7 +160,7 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 		t.Fatalf("monitor rebalance exit %d:\n%s", code, out)
 	}
 	third := getAssignment(t, cli)
-	moves := len(cluster.Diff(second, third))
+	moves := len(schema.Diff(second, third))
 	t.Logf("monitor rebalance:\n%s", out)
 	if moves != minimal || !strings.Contains(out, fmt.Sprintf("%d move(s)", minimal)) {
 		t.Fatalf("rebalance made %d moves; the minimum is %d", moves, minimal)
@@ -178,14 +178,14 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	other := map[string]string{"mon-a": "mon-b", "mon-b": "mon-a"}[leader]
 	mons[leader].signal(t, syscall.SIGKILL)
 	regs["s3"].signal(t, syscall.SIGTERM)
-	fourth, took := waitAssignment(t, cli, "s3's buckets moved by the other monitor", func(a *cluster.Assignment) bool {
+	fourth, took := waitAssignment(t, cli, "s3's buckets moved by the other monitor", func(a *schema.Assignment) bool {
 		return len(a.Owned("s3")) == 0
 	})
 	t.Logf("after SIGKILL of leader %s, %s reassigned s3's buckets in %v", leader, other, took)
 	if updatedBy(fourth) != other {
 		t.Fatalf("written by %q; want %q", updatedBy(fourth), other)
 	}
-	for _, mv := range cluster.Diff(third, fourth) {
+	for _, mv := range schema.Diff(third, fourth) {
 		if mv.From != "s3" {
 			t.Fatalf("bucket %s moved from live %s", mv.Bucket, mv.From)
 		}

@@ -9,17 +9,18 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
 	"github.com/dtablecluster/dtable-router/internal/etcdclient"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/serverconfig"
+	"github.com/dtablecluster/dtable-router/internal/usage"
 )
 
 // settings is everything the registrar runs with: the config file's
 // cluster_config, overridden field by field by flags.
 type settings struct {
 	etcd   etcdclient.Options
-	node   cluster.Node
-	layout cluster.Layout
+	node   schema.Node
+	layout schema.Layout
 	ttl    time.Duration
 
 	health healthSettings
@@ -35,13 +36,6 @@ type healthSettings struct {
 	interval time.Duration
 	timeout  time.Duration
 	failures int // consecutive failures before the node is withdrawn
-}
-
-// errUsage marks errors in flags or config, reported with exit code 2.
-type errUsage struct{ error }
-
-func usageErr(format string, args ...any) error {
-	return errUsage{fmt.Errorf(format, args...)}
 }
 
 // parseSettings reads flags and the config file they name.
@@ -60,7 +54,7 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	nodeID := fs.String("node-id", "", "this node's id (overrides node_id)")
 	nodeURL := fs.String("node-url", "", "URL end users' browsers use to reach this server (overrides node_url)")
 	localURL := fs.String("local-node-url", "", "URL the proxy uses to reach this server (overrides local_node_url)")
-	prefix := fs.String("prefix", cluster.DefaultPrefix, "etcd key prefix of the cluster")
+	prefix := fs.String("prefix", schema.DefaultPrefix, "etcd key prefix of the cluster")
 	fs.DurationVar(&s.ttl, "ttl", 90*time.Second, "lease TTL: how long a dead node stays registered")
 	fs.StringVar(&s.health.path, "health-path", "", "if set, e.g. /ping/, register only while GET local_node_url+path answers 2xx")
 	fs.DurationVar(&s.health.interval, "health-interval", 5*time.Second, "time between health checks")
@@ -73,10 +67,10 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
 		}
-		return nil, errUsage{err}
+		return nil, usage.Wrap(err)
 	}
 	if fs.NArg() > 0 {
-		return nil, usageErr("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+		return nil, usage.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
@@ -85,19 +79,19 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	var file *serverconfig.ClusterConfig
 	where := func(flagName, field string, format string, args ...any) error {
 		if set[flagName] || file == nil {
-			return usageErr("flag -%s: %s", flagName, fmt.Sprintf(format, args...))
+			return usage.Errorf("flag -%s: %s", flagName, fmt.Sprintf(format, args...))
 		}
-		return errUsage{file.At(field, format, args...)}
+		return usage.Wrap(file.At(field, format, args...))
 	}
 	if *configPath != "" {
 		var err error
 		if file, err = serverconfig.Load(*configPath); err != nil {
-			return nil, errUsage{err}
+			return nil, usage.Wrap(err)
 		}
 		if !set["etcd"] {
 			s.etcd.Endpoints = file.EtcdHostList
 		}
-		s.node = cluster.Node{NodeID: file.NodeID, NodeURL: file.NodeURL, LocalNodeURL: file.LocalNodeURL}
+		s.node = schema.Node{NodeID: file.NodeID, NodeURL: file.NodeURL, LocalNodeURL: file.LocalNodeURL}
 	}
 	if set["node-id"] {
 		s.node.NodeID = *nodeID
@@ -111,14 +105,14 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 
 	missing := func(flagName, field string) error {
 		if file != nil {
-			return usageErr("%s is not set: give -%s, or %q in cluster_config of %s", field, flagName, field, file.File)
+			return usage.Errorf("%s is not set: give -%s, or %q in cluster_config of %s", field, flagName, field, file.File)
 		}
-		return usageErr("%s is not set: give -%s or -config with a dtable_server_config.json", field, flagName)
+		return usage.Errorf("%s is not set: give -%s or -config with a dtable_server_config.json", field, flagName)
 	}
 	if s.node.NodeID == "" {
 		return nil, missing("node-id", "node_id")
 	}
-	if err := cluster.ValidateNodeID(s.node.NodeID); err != nil {
+	if err := schema.ValidateNodeID(s.node.NodeID); err != nil {
 		return nil, where("node-id", "node_id", "%v", err)
 	}
 	for _, f := range []struct{ flag, field, val string }{
@@ -128,7 +122,7 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 		if f.val == "" {
 			return nil, missing(f.flag, f.field)
 		}
-		if err := cluster.ValidateNodeURL(f.field, f.val); err != nil {
+		if err := schema.ValidateNodeURL(f.field, f.val); err != nil {
 			return nil, where(f.flag, f.field, "%v", err)
 		}
 	}
@@ -136,23 +130,23 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 		return nil, where("etcd", "etcd_host_list", "%v", err)
 	}
 	var err error
-	if s.layout, err = cluster.NewLayout(*prefix); err != nil {
-		return nil, usageErr("flag -prefix: %v", err)
+	if s.layout, err = schema.NewLayout(*prefix); err != nil {
+		return nil, usage.Errorf("flag -prefix: %v", err)
 	}
 	if s.ttl < time.Second || s.ttl > 24*time.Hour {
-		return nil, usageErr("flag -ttl %v: want 1s to 24h", s.ttl)
+		return nil, usage.Errorf("flag -ttl %v: want 1s to 24h", s.ttl)
 	}
 	if s.health.path != "" {
 		if !strings.HasPrefix(s.health.path, "/") {
-			return nil, usageErr("flag -health-path %q: must start with /", s.health.path)
+			return nil, usage.Errorf("flag -health-path %q: must start with /", s.health.path)
 		}
 		if s.health.interval <= 0 || s.health.timeout <= 0 || s.health.failures < 1 {
-			return nil, usageErr("flags -health-interval, -health-timeout must be positive and -health-failures at least 1")
+			return nil, usage.Errorf("flags -health-interval, -health-timeout must be positive and -health-failures at least 1")
 		}
 	}
 	if s.notifyURL != "" {
-		if err := cluster.ValidateNodeURL("notify-url", s.notifyURL); err != nil {
-			return nil, usageErr("flag -notify-url: %v", err)
+		if err := schema.ValidateNodeURL("notify-url", s.notifyURL); err != nil {
+			return nil, usage.Errorf("flag -notify-url: %v", err)
 		}
 	}
 	return s, nil

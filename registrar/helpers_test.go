@@ -9,7 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 // documentedConfig is dtable_server_config.json as the operator docs write
@@ -33,10 +33,10 @@ func writeFile(t *testing.T, name, content string) string {
 	return p
 }
 
-var testLayout = cluster.Layout{Prefix: cluster.DefaultPrefix}
+var testLayout = schema.Layout{Prefix: schema.DefaultPrefix}
 
 // getNode reads a node key: its registration, lease, and whether it exists.
-func getNode(t *testing.T, cli *clientv3.Client, id string) (cluster.Node, clientv3.LeaseID, bool) {
+func getNode(t *testing.T, cli *clientv3.Client, id string) (schema.Node, clientv3.LeaseID, bool) {
 	t.Helper()
 	n, lease, ok, err := readNode(t, cli, id)
 	if err != nil {
@@ -54,18 +54,18 @@ func registeredWith(t *testing.T, cli *clientv3.Client, id string, want func(cli
 	}
 }
 
-func readNode(t *testing.T, cli *clientv3.Client, id string) (cluster.Node, clientv3.LeaseID, bool, error) {
+func readNode(t *testing.T, cli *clientv3.Client, id string) (schema.Node, clientv3.LeaseID, bool, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, testLayout.NodeKey(id))
 	if err != nil {
-		return cluster.Node{}, 0, false, err
+		return schema.Node{}, 0, false, err
 	}
 	if len(resp.Kvs) == 0 {
-		return cluster.Node{}, 0, false, nil
+		return schema.Node{}, 0, false, nil
 	}
-	n, err := cluster.ParseNode(id, resp.Kvs[0].Value)
+	n, err := schema.ParseNode(id, resp.Kvs[0].Value)
 	if err != nil {
 		t.Fatalf("registration of %s does not parse: %v", id, err)
 	}

@@ -10,8 +10,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/logging"
+	"github.com/dtablecluster/dtable-router/internal/usage"
 )
 
 func main() {
@@ -28,18 +27,22 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
-	s, err := parseSettings(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
+	err := parseAndRun(args, stderr)
+	if code := usage.ExitCode(err); code != 0 {
 		fmt.Fprintf(stderr, "registrar: %v\n", err)
-		return 2
+		return code
+	}
+	return 0
+}
+
+func parseAndRun(args []string, stderr io.Writer) error {
+	s, err := parseSettings(args, stderr)
+	if err != nil {
+		return err
 	}
 	log, err := logging.New(s.logLevel, s.logJSON, stderr)
 	if err != nil {
-		fmt.Fprintf(stderr, "registrar: flag -log-level: %v\n", err)
-		return 2
+		return usage.Errorf("flag -log-level: %v", err)
 	}
 	defer log.Sync()
 
@@ -47,8 +50,7 @@ func run(args []string, stderr io.Writer) int {
 	defer stop()
 	if err := runRegistrar(ctx, s, log); err != nil {
 		log.Error("registrar stopped", zap.Error(err))
-		fmt.Fprintf(stderr, "registrar: %v\n", err)
-		return 1
+		return err
 	}
-	return 0
+	return nil
 }

@@ -10,8 +10,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 // notification is the JSON body POSTed to -notify-url on every assignment
@@ -41,7 +41,7 @@ type notifier struct {
 	retryMin, retryMax time.Duration
 }
 
-func (n *notifier) run(ctx context.Context, w *clusterwatch.Watcher) {
+func (n *notifier) run(ctx context.Context, w *watch.Watcher) {
 	if n.client == nil {
 		n.client = &http.Client{Timeout: 10 * time.Second}
 	}
@@ -50,9 +50,9 @@ func (n *notifier) run(ctx context.Context, w *clusterwatch.Watcher) {
 	}
 	sub := w.Subscribe()
 	defer sub.Close()
-	var last *cluster.Assignment
+	var last *schema.Assignment
 	for {
-		var snap *clusterwatch.Snapshot
+		var snap *watch.Snapshot
 		select {
 		case <-ctx.Done():
 			return

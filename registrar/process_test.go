@@ -12,8 +12,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 // TestMain lets the test binary run as the registrar itself, so the
@@ -67,7 +67,7 @@ func TestProcessDocumentedConfigThenSIGTERM(t *testing.T) {
 	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","), "-ttl", "5s")
 	eventually(t, 10*time.Second, "registered", func() bool { _, _, ok, err := readNode(t, cli, "dtable-server-01"); return err == nil && ok })
 	n, _, _ := getNode(t, cli, "dtable-server-01")
-	want := cluster.Node{NodeID: "dtable-server-01", NodeURL: "https://dtable-server-01.example.com/", LocalNodeURL: "http://172.17.30.94/"}
+	want := schema.Node{NodeID: "dtable-server-01", NodeURL: "https://dtable-server-01.example.com/", LocalNodeURL: "http://172.17.30.94/"}
 	if !n.SameEndpoints(want) {
 		t.Fatalf("registered %+v", n)
 	}
@@ -99,7 +99,7 @@ func TestProcessConflictExitsOne(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	lease, _ := cli.Grant(ctx, 30)
-	other := cluster.Node{NodeID: "dtable-server-01", NodeURL: "https://dtable-server-02.example.com/", LocalNodeURL: "http://172.17.30.95/"}
+	other := schema.Node{NodeID: "dtable-server-01", NodeURL: "https://dtable-server-02.example.com/", LocalNodeURL: "http://172.17.30.95/"}
 	cli.Put(ctx, testLayout.NodeKey("dtable-server-01"), string(other.Encode()), clientv3.WithLease(lease.ID))
 	cfg := writeFile(t, "dtable_server_config.json", documentedConfig)
 	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","))

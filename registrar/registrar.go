@@ -9,8 +9,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 // errConflict: another live registration uses this node_id with other URLs.
@@ -24,7 +24,7 @@ func runRegistrar(ctx context.Context, s *settings, log *zap.Logger) error {
 		return err
 	}
 	defer cli.Close()
-	w := clusterwatch.New(clusterwatch.Config{Client: cli, Layout: s.layout, Logger: log.Named("watch")})
+	w := watch.New(watch.Config{Client: cli, Layout: s.layout, Logger: log.Named("watch")})
 	w.Start()
 	defer w.Stop()
 
@@ -50,11 +50,11 @@ func runRegistrar(ctx context.Context, s *settings, log *zap.Logger) error {
 // registrar keeps one node registered in etcd.
 type registrar struct {
 	cli     *clientv3.Client
-	layout  cluster.Layout
-	node    cluster.Node
+	layout  schema.Layout
+	node    schema.Node
 	ttl     int64 // seconds
 	log     *zap.Logger
-	watcher *clusterwatch.Watcher
+	watcher *watch.Watcher
 	health  *healthChecker // nil: no health gate
 
 	// retry bounds the back-off between failed attempts; tests shorten it.
@@ -119,7 +119,7 @@ func (r *registrar) run(ctx context.Context) error {
 // hold keeps one registration alive until it is lost (returns nil), ctx
 // ends (revokes, returns nil), or the key is taken over by another server
 // (returns errConflict).
-func (r *registrar) hold(ctx context.Context, sub *clusterwatch.Subscription, lease clientv3.LeaseID, putRev int64) error {
+func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, lease clientv3.LeaseID, putRev int64) error {
 	kaCtx, cancelKA := context.WithCancel(ctx)
 	defer cancelKA()
 	ka, err := r.cli.KeepAlive(kaCtx, lease)
@@ -212,7 +212,7 @@ func (r *registrar) register(ctx context.Context) (clientv3.LeaseID, int64, erro
 			continue
 		}
 		existing := kvs[0]
-		if cur, perr := cluster.ParseNode(r.node.NodeID, existing.Value); perr == nil && !cur.SameEndpoints(r.node) {
+		if cur, perr := schema.ParseNode(r.node.NodeID, existing.Value); perr == nil && !cur.SameEndpoints(r.node) {
 			r.revoke(grant.ID)
 			return 0, 0, fmt.Errorf("%w: %s is registered by a live server with node_url %s and local_node_url %s "+
 				"(this one has %s and %s). Two servers must not share node_id %q; if the other server is gone, "+

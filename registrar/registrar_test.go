@@ -16,13 +16,13 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
-func testSettings(c *etcdtest.Cluster, id string, ttl time.Duration) *settings {
+func testSettings(c *etcdtest.Etcd, id string, ttl time.Duration) *settings {
 	s := &settings{
-		node: cluster.Node{NodeID: id, NodeURL: "https://" + id + ".example.com/", LocalNodeURL: "http://127.0.0.1:9/"},
+		node: schema.Node{NodeID: id, NodeURL: "https://" + id + ".example.com/", LocalNodeURL: "http://127.0.0.1:9/"},
 		ttl:  ttl, layout: testLayout,
 	}
 	s.etcd.Endpoints = c.Endpoints()
@@ -76,7 +76,7 @@ func TestRefusesToStartOnConflictingRegistration(t *testing.T) {
 	cli := c.Client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	other := cluster.Node{NodeID: "dtable-server-01", NodeURL: "https://other.example.com/", LocalNodeURL: "http://10.1.1.1/"}
+	other := schema.Node{NodeID: "dtable-server-01", NodeURL: "https://other.example.com/", LocalNodeURL: "http://10.1.1.1/"}
 	lease, _ := cli.Grant(ctx, 60)
 	if _, err := cli.Put(ctx, testLayout.NodeKey("dtable-server-01"), string(other.Encode()), clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
@@ -165,7 +165,7 @@ func TestRegistersAgainAfterEtcdOutageLongerThanTTL(t *testing.T) {
 }
 
 func TestThreeMemberClusterLosesOneMember(t *testing.T) {
-	c := etcdtest.StartCluster(t, 3)
+	c := etcdtest.StartMembers(t, 3)
 	cli := c.ClientOf(t, c.Members[2].ClientURL)
 	startRegistrar(t, testSettings(c, "n1", 2*time.Second))
 	var lease clientv3.LeaseID
@@ -234,12 +234,12 @@ func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	put := func(a *cluster.Assignment) {
+	put := func(a *schema.Assignment) {
 		if _, err := cli.Put(ctx, testLayout.AssignmentKey(), string(a.Encode())); err != nil {
 			t.Fatal(err)
 		}
 	}
-	a := &cluster.Assignment{Version: 1}
+	a := &schema.Assignment{Version: 1}
 	for b := range a.Owners {
 		a.Owners[b] = "n2"
 	}

@@ -21,6 +21,19 @@ type Bucket uint8
 // etcd keys, JSON and HTTP headers ("00".."ff").
 func (b Bucket) String() string { return hexNames[b] }
 
+// MarshalText writes the bucket as two hex digits, so JSON shows "0a".
+func (b Bucket) MarshalText() ([]byte, error) { return []byte(hexNames[b]), nil }
+
+// UnmarshalText reads two hex digits (see Parse).
+func (b *Bucket) UnmarshalText(text []byte) error {
+	v, err := Parse(string(text))
+	if err != nil {
+		return err
+	}
+	*b = v
+	return nil
+}
+
 // hexNames holds "00".."ff" so that String never allocates.
 var hexNames = func() (names [Count]string) {
 	for i := range names {
@@ -81,15 +94,6 @@ func Parse(s string) (Bucket, error) {
 		return 0, fmt.Errorf("invalid bucket %q: want two hex digits 00..ff", s)
 	}
 	return Bucket(unhex(s[0])<<4 | unhex(s[1])), nil
-}
-
-// All returns the buckets 0..255 in order.
-func All() []Bucket {
-	all := make([]Bucket, Count)
-	for i := range all {
-		all[i] = Bucket(i)
-	}
-	return all
 }
 
 func unhex(c byte) int {

@@ -6,32 +6,27 @@ package embedetcd
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/dtablecluster/dtable-router/internal/freeport"
 )
 
 // Start runs etcd serving clients on clientAddr ("127.0.0.1:2379", or
 // "127.0.0.1:0" for a free port) with its data in dir. It returns the
 // server and its client endpoint (host:port); Close the server to stop it.
 func Start(dir, clientAddr string) (*embed.Etcd, string, error) {
-	if clientAddr == "127.0.0.1:0" {
-		l, err := net.Listen("tcp", clientAddr)
-		if err != nil {
-			return nil, "", err
-		}
-		clientAddr = l.Addr().String()
-		l.Close()
-	}
-	p, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Take(2)
 	if err != nil {
 		return nil, "", err
 	}
-	peerAddr := p.Addr().String()
-	p.Close()
+	if clientAddr == "127.0.0.1:0" {
+		clientAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	}
+	peerAddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
 	cu, _ := url.Parse("http://" + clientAddr)
 	pu, _ := url.Parse("http://" + peerAddr)
 	cfg := embed.NewConfig()

@@ -8,7 +8,6 @@ package etcdtest
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -18,16 +17,18 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/dtablecluster/dtable-router/internal/freeport"
 )
 
-// Cluster is a running etcd cluster of one or more members.
-type Cluster struct {
+// Etcd is a running etcd cluster of one or more members.
+type Etcd struct {
 	tb      testing.TB
 	token   string
 	Members []*Member
 }
 
-// Member is one etcd server of a Cluster.
+// Member is one etcd server of an Etcd.
 type Member struct {
 	Name      string
 	ClientURL string // http://127.0.0.1:port, or https:// with StartTLS
@@ -43,16 +44,16 @@ type Member struct {
 }
 
 // Start runs a one-member cluster, stopped when the test ends.
-func Start(tb testing.TB) *Cluster { return StartCluster(tb, 1) }
+func Start(tb testing.TB) *Etcd { return StartMembers(tb, 1) }
 
-// StartCluster runs a cluster of size members and waits until it has a leader.
-func StartCluster(tb testing.TB, size int) *Cluster {
+// StartMembers runs a cluster of size members and waits until it has a leader.
+func StartMembers(tb testing.TB, size int) *Etcd {
 	tb.Helper()
-	return startCluster(tb, size, nil)
+	return startEtcd(tb, size, nil)
 }
 
-// startCluster serves clients over https with files if they are given.
-func startCluster(tb testing.TB, size int, files *TLSFiles) *Cluster {
+// startEtcd serves clients over https with files if they are given.
+func startEtcd(tb testing.TB, size int, files *TLSFiles) *Etcd {
 	tb.Helper()
 	var lastErr error
 	// Free ports are found by listening on port 0 and closing; another
@@ -69,9 +70,9 @@ func startCluster(tb testing.TB, size int, files *TLSFiles) *Cluster {
 	return nil
 }
 
-func tryStart(tb testing.TB, size, attempt int, files *TLSFiles) (*Cluster, error) {
-	c := &Cluster{tb: tb, token: fmt.Sprintf("etcdtest-%d-%d", time.Now().UnixNano(), attempt)}
-	ports, err := freePorts(2 * size)
+func tryStart(tb testing.TB, size, attempt int, files *TLSFiles) (*Etcd, error) {
+	c := &Etcd{tb: tb, token: fmt.Sprintf("etcdtest-%d-%d", time.Now().UnixNano(), attempt)}
+	ports, err := freeport.Take(2 * size)
 	if err != nil {
 		return nil, err
 	}
@@ -105,25 +106,6 @@ func tryStart(tb testing.TB, size, attempt int, files *TLSFiles) (*Cluster, erro
 		return nil, err
 	}
 	return c, nil
-}
-
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // memberConfig is rebuilt on every start: embed mutates the config it is given.
@@ -176,7 +158,7 @@ func (m *Member) start(token, initialCluster string) error {
 }
 
 // Stop shuts member i down; its data stays for Restart.
-func (c *Cluster) Stop(i int) {
+func (c *Etcd) Stop(i int) {
 	m := c.Members[i]
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -187,7 +169,7 @@ func (c *Cluster) Stop(i int) {
 }
 
 // Restart starts a stopped member i again on the same ports and data.
-func (c *Cluster) Restart(i int) {
+func (c *Etcd) Restart(i int) {
 	c.tb.Helper()
 	m := c.Members[i]
 	var err error
@@ -203,14 +185,14 @@ func (c *Cluster) Restart(i int) {
 // stopAll closes the members one by one. Each Close waits about a second
 // for its peer listeners; closing them in parallel is slower still, as the
 // leader tries to hand leadership to members that are going away.
-func (c *Cluster) stopAll() {
+func (c *Etcd) stopAll() {
 	for i := range c.Members {
 		c.Stop(i)
 	}
 }
 
 // Endpoints returns the client URLs of all members.
-func (c *Cluster) Endpoints() []string {
+func (c *Etcd) Endpoints() []string {
 	var eps []string
 	for _, m := range c.Members {
 		eps = append(eps, m.ClientURL)
@@ -219,12 +201,12 @@ func (c *Cluster) Endpoints() []string {
 }
 
 // Client returns a client of all members, closed when the test ends.
-func (c *Cluster) Client(tb testing.TB) *clientv3.Client {
+func (c *Etcd) Client(tb testing.TB) *clientv3.Client {
 	return c.ClientOf(tb, c.Endpoints()...)
 }
 
 // ClientOf returns a client of the given endpoints, closed when the test ends.
-func (c *Cluster) ClientOf(tb testing.TB, endpoints ...string) *clientv3.Client {
+func (c *Etcd) ClientOf(tb testing.TB, endpoints ...string) *clientv3.Client {
 	tb.Helper()
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
@@ -240,7 +222,7 @@ func (c *Cluster) ClientOf(tb testing.TB, endpoints ...string) *clientv3.Client 
 
 // WaitLeader waits until a running member answers a linearizable read, so
 // the cluster has a leader again after a Stop.
-func (c *Cluster) WaitLeader(tb testing.TB) {
+func (c *Etcd) WaitLeader(tb testing.TB) {
 	tb.Helper()
 	cli := c.Client(tb)
 	deadline := time.Now().Add(20 * time.Second)

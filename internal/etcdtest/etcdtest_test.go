@@ -23,7 +23,7 @@ func TestSingleMemberPutGetAcrossRestart(t *testing.T) {
 }
 
 func TestThreeMembersSurviveOneStop(t *testing.T) {
-	c := StartCluster(t, 3)
+	c := StartMembers(t, 3)
 	cli := c.Client(t)
 	c.Stop(0)
 	c.WaitLeader(t)

@@ -24,10 +24,10 @@ type TLSFiles struct {
 // StartTLS runs a one-member cluster that serves clients over https and
 // requires a client certificate signed by its CA. Connect with
 // etcdclient.Options and the returned files; Cluster.Client does not speak TLS.
-func StartTLS(tb testing.TB) (*Cluster, TLSFiles) {
+func StartTLS(tb testing.TB) (*Etcd, TLSFiles) {
 	tb.Helper()
 	files := newPKI(tb)
-	return startCluster(tb, 1, &files), files
+	return startEtcd(tb, 1, &files), files
 }
 
 func newPKI(tb testing.TB) TLSFiles {

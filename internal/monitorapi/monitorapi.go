@@ -24,7 +24,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 // Operations a request can ask for.
@@ -49,14 +49,6 @@ type Request struct {
 	CreatedAt string `json:"created_at,omitempty"`
 }
 
-// Move is one bucket changing owner.
-type Move struct {
-	Bucket string `json:"bucket"`
-	From   string `json:"from"`
-	To     string `json:"to"`
-	Reason string `json:"reason"`
-}
-
 // NodeMoves counts the buckets a node gains and loses.
 type NodeMoves struct {
 	Gained int `json:"gained"`
@@ -76,7 +68,7 @@ type Response struct {
 	// dry run).
 	PreviousVersion int64                `json:"previous_version"`
 	Version         int64                `json:"version"`
-	Moves           []Move               `json:"moves"`
+	Moves           []schema.Move        `json:"moves"`
 	MovesPerNode    map[string]NodeMoves `json:"moves_per_node"`
 	Counts          map[string]int       `json:"counts"` // buckets per node after
 	Warnings        []string             `json:"warnings,omitempty"`
@@ -90,11 +82,11 @@ func (r *Request) Validate() error {
 	switch r.Op {
 	case OpRebalance, OpAutoRebalance:
 	case OpDrain, OpUndrain:
-		if err := cluster.ValidateNodeID(r.Node); err != nil {
+		if err := schema.ValidateNodeID(r.Node); err != nil {
 			return fmt.Errorf("%s: %v", r.Op, err)
 		}
 	case OpPin:
-		if err := cluster.ValidateNodeID(r.Node); err != nil {
+		if err := schema.ValidateNodeID(r.Node); err != nil {
 			return fmt.Errorf("pin: %v", err)
 		}
 		fallthrough
@@ -111,7 +103,7 @@ func (r *Request) Validate() error {
 // Send writes req, waits for the leader's response until ctx ends, and
 // returns it. The request's ID and CreatedAt are filled in. A response
 // with OK false is returned together with an error carrying its message.
-func Send(ctx context.Context, cli *clientv3.Client, layout cluster.Layout, req Request) (*Response, error) {
+func Send(ctx context.Context, cli *clientv3.Client, layout schema.Layout, req Request) (*Response, error) {
 	if err := req.Validate(); err != nil {
 		return nil, err
 	}
@@ -169,7 +161,7 @@ func Send(ctx context.Context, cli *clientv3.Client, layout cluster.Layout, req 
 }
 
 // Leader returns the id of the leading monitor, or "" if none campaigns.
-func Leader(ctx context.Context, cli *clientv3.Client, layout cluster.Layout) (string, error) {
+func Leader(ctx context.Context, cli *clientv3.Client, layout schema.Layout) (string, error) {
 	resp, err := cli.Get(ctx, layout.ElectionPrefix()+"/", clientv3.WithFirstCreate()...)
 	if err != nil {
 		return "", err

@@ -22,7 +22,7 @@ import (
 	"slices"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 // Reasons a bucket moves.
@@ -41,27 +41,19 @@ var ErrNoEligibleNode = errors.New("no live, undrained node to assign buckets to
 // Input is what a plan depends on.
 type Input struct {
 	// Current owners; nil if there is no assignment yet.
-	Current *cluster.Assignment
+	Current *schema.Assignment
 	// Live lists the registered node ids (any order).
 	Live []string
 	// Settings are the operator's drains and pins.
-	Settings cluster.Settings
+	Settings schema.Settings
 	// Rebalance asks for even bucket counts, not only for repairs.
 	Rebalance bool
-}
-
-// Move is one bucket changing owner, and why.
-type Move struct {
-	Bucket bucket.Bucket `json:"-"`
-	From   string        `json:"from"` // "" if it was unassigned
-	To     string        `json:"to"`
-	Reason string        `json:"reason"`
 }
 
 // Plan is the planner's answer.
 type Plan struct {
 	Owners [bucket.Count]string
-	Moves  []Move // in bucket order
+	Moves  []schema.Move // in bucket order, each with its Reason
 	// Warnings are settings that could not be honoured (e.g. a pin to a
 	// node that is not live), for the log and the operator.
 	Warnings []string
@@ -71,7 +63,7 @@ type Plan struct {
 func (p *Plan) Changed() bool { return len(p.Moves) > 0 }
 
 // Counts returns how many buckets each node owns under the plan.
-func (p *Plan) Counts() map[string]int { return (&cluster.Assignment{Owners: p.Owners}).Counts() }
+func (p *Plan) Counts() map[string]int { return (&schema.Assignment{Owners: p.Owners}).Counts() }
 
 // Compute makes a plan. With no eligible node it returns the current owners
 // unchanged and ErrNoEligibleNode.
@@ -130,7 +122,7 @@ func Compute(in Input) (*Plan, error) {
 		}
 		counts[to]++
 		p.Owners[b] = to
-		p.Moves = append(p.Moves, Move{Bucket: b, From: from, To: to, Reason: reason})
+		p.Moves = append(p.Moves, schema.Move{Bucket: b, From: from, To: to, Reason: reason})
 	}
 
 	// 1. Pinned buckets go to their node.
@@ -204,7 +196,7 @@ func Compute(in Input) (*Plan, error) {
 		counts[to]++
 		p.Owners[b] = to
 		if from != to {
-			p.Moves = append(p.Moves, Move{Bucket: b, From: from, To: to, Reason: reasons[b]})
+			p.Moves = append(p.Moves, schema.Move{Bucket: b, From: from, To: to, Reason: reasons[b]})
 		}
 	}
 	p.sortMoves()
@@ -277,5 +269,5 @@ func mostBelowTarget(nodes []string, counts, target map[string]int) string {
 }
 
 func (p *Plan) sortMoves() {
-	slices.SortFunc(p.Moves, func(a, b Move) int { return cmp.Compare(a.Bucket, b.Bucket) })
+	slices.SortFunc(p.Moves, func(a, b schema.Move) int { return cmp.Compare(a.Bucket, b.Bucket) })
 }

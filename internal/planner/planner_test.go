@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 func nodes(n int) []string {
@@ -19,8 +19,8 @@ func nodes(n int) []string {
 	return out
 }
 
-func asAssignment(owners [bucket.Count]string) *cluster.Assignment {
-	return &cluster.Assignment{Version: 1, Owners: owners}
+func asAssignment(owners [bucket.Count]string) *schema.Assignment {
+	return &schema.Assignment{Version: 1, Owners: owners}
 }
 
 func spread(counts map[string]int, eligible []string) int {
@@ -92,7 +92,7 @@ func TestNodeJoinMovesNothingUnlessAutoRebalance(t *testing.T) {
 	if p.Changed() {
 		t.Fatalf("a joining node moved %d buckets", len(p.Moves))
 	}
-	p = mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: cluster.Settings{AutoRebalance: true}, Rebalance: true})
+	p = mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: schema.Settings{AutoRebalance: true}, Rebalance: true})
 	if c := p.Counts(); spread(c, nodes(3)) > 1 || len(p.Moves) != 85 {
 		t.Fatalf("rebalance onto a new node: %v, %d moves; want 85", c, len(p.Moves))
 	}
@@ -104,7 +104,7 @@ func TestNoLiveNodeLeavesAssignmentAlone(t *testing.T) {
 	if !errors.Is(err, ErrNoEligibleNode) || p.Owners != start.Owners || p.Changed() {
 		t.Fatalf("no live node: %v, changed %v", err, p.Changed())
 	}
-	_, err = Compute(Input{Current: asAssignment(start.Owners), Live: []string{"n01"}, Settings: cluster.Settings{Drained: []string{"n01"}}})
+	_, err = Compute(Input{Current: asAssignment(start.Owners), Live: []string{"n01"}, Settings: schema.Settings{Drained: []string{"n01"}}})
 	if !errors.Is(err, ErrNoEligibleNode) {
 		t.Fatalf("all drained: %v", err)
 	}
@@ -112,7 +112,7 @@ func TestNoLiveNodeLeavesAssignmentAlone(t *testing.T) {
 
 func TestDrainMovesOnlyTheDrainedNodesBuckets(t *testing.T) {
 	start := mustCompute(t, Input{Live: nodes(4)})
-	p := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(4), Settings: cluster.Settings{Drained: []string{"n02"}}})
+	p := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(4), Settings: schema.Settings{Drained: []string{"n02"}}})
 	if len(p.Moves) != 64 || p.Counts()["n02"] != 0 {
 		t.Fatalf("drain: %d moves, n02 keeps %d", len(p.Moves), p.Counts()["n02"])
 	}
@@ -135,7 +135,7 @@ func TestDrainMovesOnlyTheDrainedNodesBuckets(t *testing.T) {
 func TestPins(t *testing.T) {
 	start := mustCompute(t, Input{Live: nodes(3)})
 	pins := map[bucket.Bucket]string{0x00: "n03", 0x01: "n09", 0x02: "n02"} // 00 is n01's; n09 is not live
-	p := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: cluster.Settings{Pins: pins, Drained: []string{"n02"}}})
+	p := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: schema.Settings{Pins: pins, Drained: []string{"n02"}}})
 	if p.Owners[0x00] != "n03" {
 		t.Fatalf("pin not honoured: 00 -> %s", p.Owners[0x00])
 	}
@@ -147,7 +147,7 @@ func TestPins(t *testing.T) {
 	for b := range 200 {
 		heavy[bucket.Bucket(b)] = "n01"
 	}
-	r := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: cluster.Settings{Pins: heavy}, Rebalance: true})
+	r := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: schema.Settings{Pins: heavy}, Rebalance: true})
 	if c := r.Counts(); c["n01"] != 200 || c["n02"] != 28 || c["n03"] != 28 {
 		t.Fatalf("rebalance with 200 pins on n01: %v; want 200/28/28", c)
 	}

@@ -1,4 +1,4 @@
-package clusterwatch
+package watch
 
 import (
 	"context"
@@ -12,18 +12,18 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
-var layout, _ = cluster.NewLayout("/test-cluster")
+var layout, _ = schema.NewLayout("/test-cluster")
 
-func node(id string) cluster.Node {
-	return cluster.Node{NodeID: id, NodeURL: "https://" + id + ".example.com/", LocalNodeURL: "http://127.0.0.1:9/" + id + "/"}
+func node(id string) schema.Node {
+	return schema.Node{NodeID: id, NodeURL: "https://" + id + ".example.com/", LocalNodeURL: "http://127.0.0.1:9/" + id + "/"}
 }
 
-func assignment(version int64, nodes ...string) *cluster.Assignment {
-	a := &cluster.Assignment{Version: version}
+func assignment(version int64, nodes ...string) *schema.Assignment {
+	a := &schema.Assignment{Version: version}
 	for b := range a.Owners {
 		a.Owners[b] = nodes[b%len(nodes)]
 	}
@@ -188,7 +188,7 @@ func TestCorruptValuesKeepLastGoodState(t *testing.T) {
 	if s.Nodes["n1"] != node("n1") {
 		t.Fatalf("corrupt node value replaced the last good one: %+v", s.Nodes)
 	}
-	settings := cluster.Settings{Drained: []string{"n1"}}
+	settings := schema.Settings{Drained: []string{"n1"}}
 	put(t, cli, layout.SettingsKey(), settings.Encode())
 	waitFor(t, sub, "settings", func(s *Snapshot) bool { return s.Settings.IsDrained("n1") })
 	put(t, cli, layout.SettingsKey(), []byte(`{"pins":{"zz":"n1"}}`))
@@ -310,7 +310,7 @@ func TestNoChangeMissedAcrossEtcdRestart(t *testing.T) {
 }
 
 func TestThreeMemberClusterLosesAMember(t *testing.T) {
-	c := etcdtest.StartCluster(t, 3)
+	c := etcdtest.StartMembers(t, 3)
 	cli := c.Client(t)
 	w := startWatcher(t, cli, nil, nil)
 	sub := w.Subscribe()

@@ -1,14 +1,14 @@
-// Package clusterview turns a cluster snapshot into the read-only views
+// Package statusview turns a cluster snapshot into the read-only views
 // that operators see: `monitor status`, the proxy's admin site and Caddy's
 // admin API. One shape everywhere, JSON-encodable.
-package clusterview
+package statusview
 
 import (
 	"maps"
 	"slices"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 // Node states in a view.
@@ -52,7 +52,7 @@ type Bucket struct {
 }
 
 // NewStatus builds the status view of snap.
-func NewStatus(prefix string, snap *clusterwatch.Snapshot) Status {
+func NewStatus(prefix string, snap *watch.Snapshot) Status {
 	st := Status{Prefix: prefix, Revision: snap.Revision, Nodes: []Node{}, Pins: map[string]string{},
 		Drained: append([]string{}, snap.Settings.Drained...), AutoRebalance: snap.Settings.AutoRebalance}
 	if snap.AssignmentError != nil {
@@ -96,7 +96,7 @@ func NewStatus(prefix string, snap *clusterwatch.Snapshot) Status {
 }
 
 // Buckets lists all 256 buckets and their owners.
-func Buckets(snap *clusterwatch.Snapshot) []Bucket {
+func Buckets(snap *watch.Snapshot) []Bucket {
 	out := make([]Bucket, bucket.Count)
 	for i := range out {
 		b := bucket.Bucket(i)

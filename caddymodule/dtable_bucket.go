@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Router is the http.handlers.dtable_bucket handler. For each request it
+// DtableBucket is the http.handlers.dtable_bucket handler. For each request it
 // finds the base UUID, looks up the bucket's owner in the etcd-watched
 // assignment, stamps the fencing headers and hands the request on; the
 // reverse_proxy after it (with the dtable_bucket upstream source) dials
@@ -23,8 +23,8 @@ import (
 // has no registered owner.
 //
 // The Caddyfile directive dtable_bucket_proxy sets up both handlers.
-type Router struct {
-	ClusterConfig
+type DtableBucket struct {
+	EtcdConfig
 	// UUIDPathPrefixes: the base UUID is the path segment after one of
 	// these. Default: /dtables/, /api/v1/dtables/, /api/v1/internal/dtables/, /api/v2/dtables/.
 	UUIDPathPrefixes []string `json:"uuid_path_prefixes,omitempty"`
@@ -40,18 +40,18 @@ type Router struct {
 
 	finder     uuidFinder
 	retryAfter string
-	clusterRef
+	followerRef
 	log *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
-func (*Router) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "http.handlers.dtable_bucket", New: func() caddy.Module { return new(Router) }}
+func (*DtableBucket) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.dtable_bucket", New: func() caddy.Module { return new(DtableBucket) }}
 }
 
-// Provision joins (or starts) the shared cluster follower. It does not
+// Provision joins (or starts) the shared follower follower. It does not
 // wait for etcd.
-func (h *Router) Provision(ctx caddy.Context) error {
+func (h *DtableBucket) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger()
 	if len(h.UUIDPathPrefixes) == 0 {
 		h.UUIDPathPrefixes = DefaultUUIDPathPrefixes
@@ -76,22 +76,22 @@ func (h *Router) Provision(ctx caddy.Context) error {
 		h.RetryAfter = caddy.Duration(5 * time.Second)
 	}
 	h.retryAfter = strconv.Itoa(max(1, int(time.Duration(h.RetryAfter).Round(time.Second)/time.Second)))
-	return h.join(ctx, h.ClusterConfig)
+	return h.join(ctx, h.EtcdConfig)
 }
 
 // Validate checks the settings.
-func (h *Router) Validate() error {
+func (h *DtableBucket) Validate() error {
 	if h.NoUUID != "any_node" && h.NoUUID != "reject" {
 		return fmt.Errorf(`no_uuid: %q, want "any_node" or "reject"`, h.NoUUID)
 	}
 	return nil
 }
 
-// Cleanup releases the shared cluster; the last user stops it.
-func (h *Router) Cleanup() error { return h.release() }
+// Cleanup releases the shared follower; the last user stops it.
+func (h *DtableBucket) Cleanup() error { return h.release() }
 
 // routeVar is the request variable through which the chosen route goes
-// from the Router to the upstream source.
+// from the DtableBucket handler to the upstream source.
 const routeVar = "dtable_bucket.route"
 
 // Header names of the fencing headers sent upstream (client values are replaced).
@@ -100,7 +100,7 @@ const (
 	HeaderVersion = "X-Dtable-Assignment-Version"
 )
 
-func (h *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	b, found, err := h.finder.find(r)
 	if err != nil {
 		reason := reasonMalformedUUID
@@ -121,10 +121,10 @@ func (h *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
 		r = r.WithContext(ctx)
-		t, rt, closeWS = h.cluster.openStream(b, cancel)
+		t, rt, closeWS = h.follower.openStream(b, cancel)
 		defer closeWS()
 	case found:
-		t = h.cluster.table.Load()
+		t = h.follower.table.Load()
 		rt = &t.routes[b]
 	case h.NoUUID == "reject":
 		errorCounter(reasonMissingUUID).Inc()
@@ -132,13 +132,13 @@ func (h *Router) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhtt
 			"the request names no base: expected a base UUID in the path (after "+strings.Join(h.finder.pathPrefixes, ", ")+
 				") or in the query ("+strings.Join(h.finder.queryParams, ", ")+")", "")
 	default:
-		t = h.cluster.table.Load()
+		t = h.follower.table.Load()
 		if len(t.anyNode) == 0 {
 			errorCounter(reasonNoNode).Inc()
 			return writeError(w, http.StatusServiceUnavailable, "", reasonNoNode,
 				"no registered node owns buckets in the current assignment", h.retryAfter)
 		}
-		rt = t.anyNode[h.cluster.rr.Add(1)%uint64(len(t.anyNode))]
+		rt = t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
 	}
 	if !rt.ok {
 		errorCounter(rt.reason).Inc()

@@ -1,4 +1,4 @@
-package clusterwatch
+package watch
 
 import "sync"
 

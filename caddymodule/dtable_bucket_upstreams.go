@@ -10,19 +10,19 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
-// BucketUpstreams is the http.reverse_proxy.upstreams.dtable_bucket
-// dynamic upstream source: it returns the one node the Router chose for
+// DtableBucketUpstreams is the http.reverse_proxy.upstreams.dtable_bucket
+// dynamic upstream source: it returns the one node the DtableBucket handler chose for
 // the request. Caddy calls it again on every retry; if the bucket's owner
 // changed meanwhile it fails (the request is then not sent anywhere and
 // ends in 503), so a request is never dialled to a node that no longer
 // owns its bucket.
-type BucketUpstreams struct{}
+type DtableBucketUpstreams struct{}
 
 // CaddyModule returns the Caddy module information.
-func (BucketUpstreams) CaddyModule() caddy.ModuleInfo {
+func (DtableBucketUpstreams) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
 		ID:  "http.reverse_proxy.upstreams.dtable_bucket",
-		New: func() caddy.Module { return new(BucketUpstreams) },
+		New: func() caddy.Module { return new(DtableBucketUpstreams) },
 	}
 }
 
@@ -31,12 +31,12 @@ var errNoRoute = errors.New("dtable_bucket upstreams: no route chosen for this r
 
 // GetUpstreams returns a fresh Upstream (Caddy mutates them) for the
 // chosen node.
-func (BucketUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
+func (DtableBucketUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
 	chosen, ok := caddyhttp.GetVar(r.Context(), routeVar).(*route)
 	if !ok || chosen == nil {
 		return nil, errNoRoute
 	}
-	if _, now := chosen.cluster.lookup(chosen.bucket); !now.sameTarget(chosen) {
+	if _, now := chosen.follower.lookup(chosen.bucket); !now.sameTarget(chosen) {
 		errorCounter(reasonMoved).Inc()
 		return nil, fmt.Errorf("bucket %s moved from %s to %q during the request; not sending it to the old owner",
 			chosen.bucket, chosen.nodeID, now.nodeID)

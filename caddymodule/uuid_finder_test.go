@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 func defaultFinder() *uuidFinder {
@@ -53,28 +53,28 @@ func TestFindUUID(t *testing.T) {
 	}
 }
 
-// testCluster is a shared cluster with a table but no etcd, for unit tests.
-func testCluster() *sharedCluster {
-	sc := &sharedCluster{}
-	snap := clusterwatch.EmptySnapshot()
-	snap.Nodes["n1"] = cluster.Node{NodeID: "n1", NodeURL: "https://n1/", LocalNodeURL: "http://127.0.0.1:5000/"}
-	snap.Assignment = &cluster.Assignment{Version: 3}
+// testCluster is a shared follower with a table but no etcd, for unit tests.
+func testCluster() *follower {
+	fw := &follower{}
+	snap := watch.EmptySnapshot()
+	snap.Nodes["n1"] = schema.Node{NodeID: "n1", NodeURL: "https://n1/", LocalNodeURL: "http://127.0.0.1:5000/"}
+	snap.Assignment = &schema.Assignment{Version: 3}
 	for b := range snap.Assignment.Owners {
 		snap.Assignment.Owners[b] = "n1"
 	}
-	sc.table.Store(buildTable(sc, snap))
-	return sc
+	fw.table.Store(buildTable(fw, snap))
+	return fw
 }
 
 func TestRequestPathLookupAllocatesNothing(t *testing.T) {
-	f, sc := defaultFinder(), testCluster()
+	f, fw := defaultFinder(), testCluster()
 	r := httptest.NewRequest("GET", "/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/", nil)
 	q := httptest.NewRequest("GET", "/socket.io/?EIO=4&dtable_uuid=5c264e76-0e5a-448a-9f34-580b551364ca", nil)
 	allocs := testing.AllocsPerRun(1000, func() {
 		b, _, _ := f.find(r)
-		_, rt := sc.lookup(b)
+		_, rt := fw.lookup(b)
 		b2, _, _ := f.find(q)
-		_, rt2 := sc.lookup(b2)
+		_, rt2 := fw.lookup(b2)
 		if !rt.ok || !rt2.ok || rt.dial != "127.0.0.1:5000" {
 			t.Fatal("not routed")
 		}
@@ -85,12 +85,12 @@ func TestRequestPathLookupAllocatesNothing(t *testing.T) {
 }
 
 func BenchmarkFindAndLookup(b *testing.B) {
-	f, sc := defaultFinder(), testCluster()
+	f, fw := defaultFinder(), testCluster()
 	r := httptest.NewRequest("GET", "/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/", nil)
 	b.ReportAllocs()
 	for b.Loop() {
 		bk, _, _ := f.find(r)
-		sc.lookup(bk)
+		fw.lookup(bk)
 	}
 }
 

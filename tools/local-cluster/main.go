@@ -1,12 +1,12 @@
-// Command localcluster runs a whole dtable-server cluster on this machine,
+// Command local-cluster runs a whole dtable-server cluster on this machine,
 // with no external service: an embedded etcd, fake dtable-servers (see
 // internal/fakeserver), one registrar process per server, two monitor
 // processes, and the proxy node (Caddy with Caddyfile.example: the API
 // proxy on :5550, the operator site on :5555, Caddy's admin on :2019).
 //
-//	go run ./internal/localcluster             run until Ctrl-C
-//	go run ./internal/localcluster -smoke      check it end to end, then exit
-//	go run ./internal/localcluster -caddy ./caddy -smoke   use the xcaddy-built binary
+//	go run ./tools/local-cluster             run until Ctrl-C
+//	go run ./tools/local-cluster -smoke      check it end to end, then exit
+//	go run ./tools/local-cluster -caddy ./caddy -smoke   use the xcaddy-built binary
 //
 // Run it from the repository root: it builds ./registrar and ./monitor.
 package main
@@ -58,13 +58,13 @@ func main() {
 	}
 	lc.stop()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "localcluster: %v\n", err)
+		fmt.Fprintf(os.Stderr, "local-cluster: %v\n", err)
 		os.Exit(1)
 	}
 }
 
 func mustTempDir() string {
-	d, err := os.MkdirTemp("", "localcluster-")
+	d, err := os.MkdirTemp("", "local-cluster-")
 	if err != nil {
 		panic(err)
 	}
@@ -84,7 +84,7 @@ type localCluster struct {
 }
 
 func (lc *localCluster) logf(format string, args ...any) {
-	fmt.Printf("[localcluster] "+format+"\n", args...)
+	fmt.Printf("[local-cluster] "+format+"\n", args...)
 }
 
 func (lc *localCluster) start(ctx context.Context, etcdPort int, caddyBin, caddyfile string) error {
@@ -136,7 +136,7 @@ func (lc *localCluster) start(ctx context.Context, etcdPort int, caddyBin, caddy
 func mustRead(path string) []byte {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "localcluster: %v (run from the repository root)\n", err)
+		fmt.Fprintf(os.Stderr, "local-cluster: %v (run from the repository root)\n", err)
 		os.Exit(2)
 	}
 	return b

@@ -1,7 +1,7 @@
-// Command benchproxy measures the proxy's overhead against plain Caddy
+// Command proxy-benchmark measures the proxy's overhead against plain Caddy
 // reverse_proxy, side by side, with wrk on loopback:
 //
-//	./xcaddy.sh && go run ./internal/benchproxy -caddy ./caddy
+//	./xcaddy.sh && go run ./tools/proxy-benchmark -caddy ./caddy
 //
 // It starts an embedded etcd, one fast backend, and one ./caddy serving two
 // sites: :7101 with dtable_bucket_proxy (every bucket owned by the backend)
@@ -28,8 +28,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
 	"github.com/dtablecluster/dtable-router/internal/embedetcd"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 func main() {
@@ -40,7 +40,7 @@ func main() {
 	threads := flag.Int("threads", 2, "wrk threads")
 	flag.Parse()
 	if err := run(*caddyBin, *duration, *rounds, *conns, *threads); err != nil {
-		fmt.Fprintf(os.Stderr, "benchproxy: %v\n", err)
+		fmt.Fprintf(os.Stderr, "proxy-benchmark: %v\n", err)
 		os.Exit(1)
 	}
 }
@@ -49,7 +49,7 @@ func run(caddyBin string, duration time.Duration, rounds, conns, threads int) er
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return fmt.Errorf("wrk not found: apt-get install wrk")
 	}
-	dir, _ := os.MkdirTemp("", "benchproxy-")
+	dir, _ := os.MkdirTemp("", "proxy-benchmark-")
 	defer os.RemoveAll(dir)
 
 	// Backend: a small fixed answer, so the proxy dominates the cost.
@@ -70,9 +70,9 @@ func run(caddyBin string, duration time.Duration, rounds, conns, threads int) er
 		return err
 	}
 	defer cli.Close()
-	layout, _ := cluster.NewLayout("")
-	n := cluster.Node{NodeID: "n1", NodeURL: "http://n1/", LocalNodeURL: "http://" + bl.Addr().String() + "/"}
-	a := &cluster.Assignment{Version: 1}
+	layout, _ := schema.NewLayout("")
+	n := schema.Node{NodeID: "n1", NodeURL: "http://n1/", LocalNodeURL: "http://" + bl.Addr().String() + "/"}
+	a := &schema.Assignment{Version: 1}
 	for b := range a.Owners {
 		a.Owners[b] = "n1"
 	}

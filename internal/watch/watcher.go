@@ -1,4 +1,4 @@
-// Package clusterwatch keeps an up-to-date, immutable snapshot of the
+// Package watch keeps an up-to-date, immutable snapshot of the
 // cluster state in etcd (node registrations and the bucket assignment) and
 // tells subscribers about every change. The proxy, the monitor and the
 // registrar all use it, so the watch logic exists once:
@@ -10,7 +10,7 @@
 //     last good state;
 //   - publish each new state through an atomic pointer (readers take no lock)
 //     and to subscribers, one snapshot per etcd revision, in order.
-package clusterwatch
+package watch
 
 import (
 	"context"
@@ -25,13 +25,13 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 // Config configures a Watcher.
 type Config struct {
 	Client *clientv3.Client
-	Layout cluster.Layout
+	Layout schema.Layout
 	Logger *zap.Logger // nil: no logging
 	// ProgressInterval is how often an idle watcher asks etcd to confirm the
 	// stream is alive; after three intervals without an answer it counts as
@@ -132,9 +132,6 @@ func (w *Watcher) Stop() {
 // Snapshot returns the current state, or nil before the first list succeeded.
 // It takes no lock and does not allocate.
 func (w *Watcher) Snapshot() *Snapshot { return w.snap.Load() }
-
-// Ready is closed once the first snapshot is published.
-func (w *Watcher) Ready() <-chan struct{} { return w.ready }
 
 // WaitReady waits for the first snapshot or ctx.
 func (w *Watcher) WaitReady(ctx context.Context) (*Snapshot, error) {
@@ -248,9 +245,9 @@ func (w *Watcher) list(ctx context.Context) (int64, error) {
 	}
 	prev := w.snap.Load()
 	if prev == nil {
-		prev = emptySnapshot()
+		prev = EmptySnapshot()
 	}
-	next := emptySnapshot()
+	next := EmptySnapshot()
 	next.Revision = resp.Header.Revision
 	for _, kv := range resp.Kvs {
 		w.applyPut(prev, next, kv)
@@ -339,7 +336,7 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 	switch {
 	case key == l.AssignmentKey():
 		next.AssignmentModRevision = kv.ModRevision
-		a, err := cluster.ParseAssignment(kv.Value)
+		a, err := schema.ParseAssignment(kv.Value)
 		if err != nil {
 			next.Assignment = prev.Assignment
 			next.AssignmentError = err
@@ -352,7 +349,7 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 		return true
 	case key == l.SettingsKey():
 		next.SettingsModRevision = kv.ModRevision
-		st, err := cluster.ParseSettings(kv.Value)
+		st, err := schema.ParseSettings(kv.Value)
 		if err != nil {
 			next.Settings = prev.Settings
 			next.SettingsError = err
@@ -369,7 +366,7 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 			w.log.Warn("ignoring malformed node key", zap.String("key", key))
 			return false
 		}
-		n, err := cluster.ParseNode(id, kv.Value)
+		n, err := schema.ParseNode(id, kv.Value)
 		if err != nil {
 			delete(next.Nodes, id)
 			if old, had := prev.Nodes[id]; had {
@@ -397,7 +394,7 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 		return true
 	}
 	if key == l.SettingsKey() {
-		next.Settings = cluster.Settings{}
+		next.Settings = schema.Settings{}
 		next.SettingsModRevision = 0
 		next.SettingsError = nil
 		return true

@@ -13,8 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
-	"github.com/dtablecluster/dtable-router/internal/clusterwatch"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
 // route is where one bucket's requests go. Routes live inside an immutable
@@ -29,7 +29,7 @@ type route struct {
 	scheme     string // "http" or "https"
 	pathPrefix string // local_node_url's path without the trailing "/"; "" for "/"
 	requests   prometheus.Counter
-	cluster    *sharedCluster // whose table this route is in
+	follower   *follower // whose table this route is in
 }
 
 // routeTable is the routing state built from one cluster snapshot.
@@ -41,7 +41,7 @@ type routeTable struct {
 	// a registered node that owns buckets in the current assignment.
 	anyNode []*route
 	builtAt time.Time
-	snap    *clusterwatch.Snapshot
+	snap    *watch.Snapshot
 }
 
 // Reasons a request cannot be routed (also the routing_errors metric's
@@ -57,12 +57,12 @@ const (
 	reasonMoved         = "moved_during_request"
 )
 
-// buildTable turns a snapshot of sc's cluster into routes.
-func buildTable(sc *sharedCluster, snap *clusterwatch.Snapshot) *routeTable {
+// buildTable turns a snapshot of fw's cluster into routes.
+func buildTable(fw *follower, snap *watch.Snapshot) *routeTable {
 	t := &routeTable{builtAt: time.Now(), snap: snap}
 	if snap == nil || snap.Assignment == nil {
 		for b := range t.routes {
-			t.routes[b] = route{bucket: bucket.Bucket(b), reason: reasonNoAssignment, cluster: sc}
+			t.routes[b] = route{bucket: bucket.Bucket(b), reason: reasonNoAssignment, follower: fw}
 		}
 		return t
 	}
@@ -84,7 +84,7 @@ func buildTable(sc *sharedCluster, snap *clusterwatch.Snapshot) *routeTable {
 		default:
 			r = ep
 		}
-		r.bucket, r.cluster = bucket.Bucket(b), sc
+		r.bucket, r.follower = bucket.Bucket(b), fw
 		t.routes[b] = r
 		if _, seen := first[id]; r.ok && !seen {
 			first[id] = &t.routes[b]
@@ -97,7 +97,7 @@ func buildTable(sc *sharedCluster, snap *clusterwatch.Snapshot) *routeTable {
 }
 
 // nodeRoute splits a node's local_node_url into what the proxy needs.
-func nodeRoute(n cluster.Node) route {
+func nodeRoute(n schema.Node) route {
 	r := route{nodeID: n.NodeID, requests: requestsTotal.WithLabelValues(n.NodeID)}
 	u, err := url.Parse(n.LocalNodeURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {

@@ -1,7 +1,7 @@
-// Package cluster defines the cluster state kept in etcd: where it lives (the
+// Package schema defines the cluster state kept in etcd: where it lives (the
 // key layout, a public interface documented in README.md), what the values
 // look like, and how they are checked. It does no I/O.
-package cluster
+package schema
 
 import (
 	"fmt"

@@ -1,10 +1,10 @@
-package clusterwatch
+package watch
 
 import (
 	"maps"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
-	"github.com/dtablecluster/dtable-router/internal/cluster"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 // Snapshot is the cluster state at one etcd revision. It is immutable once
@@ -15,12 +15,12 @@ type Snapshot struct {
 	// Nodes holds the valid registrations by node id; never nil. A node whose
 	// value in etcd is invalid keeps its last valid registration (or is
 	// absent if it never had one) and is listed in NodeErrors.
-	Nodes map[string]cluster.Node
+	Nodes map[string]schema.Node
 	// NodeErrors says, per node id, why its current value was rejected.
 	NodeErrors map[string]error
 	// Assignment is the last valid assignment; nil if there is none (the key
 	// was never written, or was deleted).
-	Assignment *cluster.Assignment
+	Assignment *schema.Assignment
 	// AssignmentModRevision is the mod revision of the assignment key as it
 	// is in etcd now, valid or not (0: the key does not exist). A writer
 	// compares against it.
@@ -31,16 +31,14 @@ type Snapshot struct {
 	// Settings are the operator's drains, pins and auto-rebalance switch
 	// (the last valid value; zero if none), with the key's mod revision as
 	// it is now and why its current value was rejected, if it was.
-	Settings            cluster.Settings
+	Settings            schema.Settings
 	SettingsModRevision int64
 	SettingsError       error
 }
 
 // EmptySnapshot is the state of a cluster with nothing in etcd.
-func EmptySnapshot() *Snapshot { return emptySnapshot() }
-
-func emptySnapshot() *Snapshot {
-	return &Snapshot{Nodes: map[string]cluster.Node{}, NodeErrors: map[string]error{}}
+func EmptySnapshot() *Snapshot {
+	return &Snapshot{Nodes: map[string]schema.Node{}, NodeErrors: map[string]error{}}
 }
 
 // clone copies the maps, so that the copy can be changed and published.
@@ -72,13 +70,13 @@ func errText(err error) string {
 // Owner returns the registration of the node that owns bucket b under the
 // current assignment, and false if the bucket is unassigned or its owner is
 // not registered.
-func (s *Snapshot) Owner(b bucket.Bucket) (cluster.Node, bool) {
+func (s *Snapshot) Owner(b bucket.Bucket) (schema.Node, bool) {
 	if s.Assignment == nil {
-		return cluster.Node{}, false
+		return schema.Node{}, false
 	}
 	id := s.Assignment.Owners[b]
 	if id == "" {
-		return cluster.Node{}, false
+		return schema.Node{}, false
 	}
 	n, ok := s.Nodes[id]
 	return n, ok

@@ -1,4 +1,4 @@
-package cluster
+package schema
 
 import (
 	"bytes"
@@ -23,9 +23,6 @@ type Assignment struct {
 	Owners  [bucket.Count]string // node id per bucket; "" = unassigned
 	Extra   map[string]json.RawMessage
 }
-
-// Owner returns the node that owns b, or "" if b is unassigned.
-func (a *Assignment) Owner(b bucket.Bucket) string { return a.Owners[b] }
 
 // Owned returns the buckets assigned to nodeID, in order.
 func (a *Assignment) Owned(nodeID string) []bucket.Bucket {
@@ -161,11 +158,13 @@ func ParseAssignment(value []byte) (*Assignment, error) {
 	return a, nil
 }
 
-// Move is one bucket changing owner.
+// Move is one bucket changing owner: in a plan, in an operator's answer
+// and in a diff of two assignments (which has no Reason).
 type Move struct {
-	Bucket bucket.Bucket
-	From   string // "" = was unassigned
-	To     string // "" = now unassigned
+	Bucket bucket.Bucket `json:"bucket"`
+	From   string        `json:"from"` // "" = was unassigned
+	To     string        `json:"to"`   // "" = now unassigned
+	Reason string        `json:"reason,omitempty"`
 }
 
 // Diff lists the buckets whose owner differs between old and new, in bucket

@@ -1,0 +1,218 @@
+package caddymodule
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/etcdclient"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
+)
+
+// watchProgressInterval is how often an idle watch checks etcd is there;
+// three missed answers count as disconnected. Tests shorten it.
+var watchProgressInterval = 5 * time.Second
+
+// followers holds one follower per (etcd settings, prefix), shared by
+// every handler of every loaded config: a config reload provisions the new
+// handlers (LoadOrNew finds the running follower) before it cleans up the
+// old ones (Delete), so a reload neither reconnects nor re-lists.
+var followers = caddy.NewUsagePool()
+
+// acquireFollower returns the shared follower for cfg, starting it if none
+// runs; release it with followers.Delete(key) in Cleanup. It never waits for
+// etcd, so `caddy validate` does not block on it.
+func acquireFollower(cfg EtcdConfig) (*follower, string, error) {
+	opts, layout, err := cfg.resolve()
+	if err != nil {
+		return nil, "", err
+	}
+	key := opts.PoolKey() + "\x00" + layout.Prefix
+	v, _, err := followers.LoadOrNew(key, func() (caddy.Destructor, error) { return startFollower(opts, layout) })
+	if err != nil {
+		return nil, "", err
+	}
+	return v.(*follower), key, nil
+}
+
+// followerRef is a module's hold on its shared follower: taken in Provision,
+// released in Cleanup.
+type followerRef struct {
+	follower *follower
+	poolKey  string
+}
+
+// join registers the metrics in the config's registry and acquires the
+// shared follower for cfg (starting it if none runs; never waiting for etcd).
+func (r *followerRef) join(ctx caddy.Context, cfg EtcdConfig) error {
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
+	var err error
+	r.follower, r.poolKey, err = acquireFollower(cfg)
+	return err
+}
+
+// release lets go of the shared follower; the last user stops it.
+func (r *followerRef) release() error {
+	if r.poolKey == "" {
+		return nil
+	}
+	_, err := followers.Delete(r.poolKey)
+	r.poolKey = ""
+	return err
+}
+
+// forEachFollower calls fn for every running shared follower.
+func forEachFollower(fn func(*follower)) {
+	followers.Range(func(_, v any) bool {
+		fn(v.(*follower))
+		return true
+	})
+}
+
+// follower follows one cluster in etcd and keeps its routing table.
+type follower struct {
+	layout    schema.Layout
+	endpoints []string
+	cli       *clientv3.Client
+	watcher   *watch.Watcher
+	log       *zap.Logger
+
+	// table is replaced whole on every change; requests read it without locks.
+	table atomic.Pointer[routeTable]
+	// rr spreads requests without a UUID over the nodes.
+	rr atomic.Uint64
+
+	// streamsMu orders stream registration against table changes, so a
+	// WebSocket opened to a bucket's old owner is always closed.
+	streamsMu sync.Mutex
+	streams   [bucket.Count]map[*stream]struct{}
+
+	stop chan struct{}
+	done chan struct{}
+}
+
+// stream is an open WebSocket (or other upgraded) connection.
+type stream struct {
+	route  *route
+	cancel context.CancelFunc
+}
+
+func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, error) {
+	log := caddy.Log().Named("dtable_bucket").With(zap.String("prefix", layout.Prefix))
+	cli, err := opts.New(log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
+	if err != nil {
+		return nil, err
+	}
+	fw := &follower{
+		layout: layout, endpoints: opts.Endpoints, cli: cli, log: log,
+		watcher: watch.New(watch.Config{Client: cli, Layout: layout, Logger: log.Named("watch"),
+			ProgressInterval: watchProgressInterval}),
+		stop: make(chan struct{}), done: make(chan struct{}),
+	}
+	fw.table.Store(buildTable(fw, nil))
+	fw.watcher.Start()
+	go fw.follow()
+	log.Info("following the cluster in etcd", zap.Strings("etcd", opts.Endpoints))
+	return fw, nil
+}
+
+// Destruct stops following etcd; the pool calls it when no config uses
+// the cluster any more.
+func (fw *follower) Destruct() error {
+	close(fw.stop)
+	<-fw.done
+	fw.watcher.Stop()
+	return fw.cli.Close()
+}
+
+// follow rebuilds the routing table on every snapshot and, while etcd is
+// unreachable, says every so often that routing goes on with the last
+// known assignment.
+func (fw *follower) follow() {
+	defer close(fw.done)
+	sub := fw.watcher.Subscribe()
+	defer sub.Close()
+	ticker := time.NewTicker(10 * time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-fw.stop:
+			return
+		case snap := <-sub.C:
+			fw.install(buildTable(fw, snap))
+		case <-ticker.C:
+			if st := fw.watcher.Status(); !st.Connected {
+				t := fw.table.Load()
+				fw.log.Warn("etcd unreachable: routing with the last known assignment",
+					zap.Int64("version", t.version), zap.Duration("unchanged_for", time.Since(t.builtAt).Round(time.Second)),
+					zap.Time("last_contact", st.LastContact), zap.String("last_error", st.LastError))
+			}
+		}
+	}
+}
+
+// install publishes a new table and closes the streams of every bucket
+// whose owner changed, so their clients reconnect to the new owner.
+func (fw *follower) install(next *routeTable) {
+	fw.streamsMu.Lock()
+	prev := fw.table.Swap(next)
+	changed, closed := 0, 0
+	for b := range bucket.Count {
+		if prev.routes[b].sameTarget(&next.routes[b]) {
+			continue
+		}
+		changed++
+		for s := range fw.streams[b] {
+			if !s.route.sameTarget(&next.routes[b]) {
+				s.cancel()
+				delete(fw.streams[b], s)
+				closed++
+			}
+		}
+	}
+	fw.streamsMu.Unlock()
+	streamsClosedTotal.Add(float64(closed))
+	if prev.version != next.version || changed > 0 {
+		fw.log.Info("routing table updated", zap.Int64("version", next.version), zap.Int64("previous_version", prev.version),
+			zap.Int("buckets_changed", changed), zap.Int("streams_closed", closed), zap.Int("nodes", len(next.anyNode)))
+	}
+}
+
+// lookup returns the route of bucket b in the current table, without
+// locks or allocation.
+func (fw *follower) lookup(b bucket.Bucket) (*routeTable, *route) {
+	t := fw.table.Load()
+	return t, &t.routes[b]
+}
+
+// openStream picks bucket b's route for an upgraded connection and
+// registers cancel to be called when b's owner changes. The returned
+// function unregisters it.
+func (fw *follower) openStream(b bucket.Bucket, cancel context.CancelFunc) (*routeTable, *route, func()) {
+	fw.streamsMu.Lock()
+	defer fw.streamsMu.Unlock()
+	t := fw.table.Load()
+	rt := &t.routes[b]
+	if !rt.ok {
+		return t, rt, func() {}
+	}
+	s := &stream{route: rt, cancel: cancel}
+	if fw.streams[b] == nil {
+		fw.streams[b] = map[*stream]struct{}{}
+	}
+	fw.streams[b][s] = struct{}{}
+	return t, rt, func() {
+		fw.streamsMu.Lock()
+		delete(fw.streams[b], s)
+		fw.streamsMu.Unlock()
+	}
+}

@@ -1,0 +1,37 @@
+// Package testutil holds the few helpers every test package needs: a
+// polling wait and a free port.
+package testutil
+
+import (
+	"testing"
+	"time"
+
+	"github.com/dtablecluster/dtable-router/internal/freeport"
+)
+
+// PollInterval is how often Eventually checks its condition.
+const PollInterval = 10 * time.Millisecond
+
+// Eventually polls cond until it holds or d passes (then the test fails,
+// naming what it waited for), and returns how long it took.
+func Eventually(tb testing.TB, d time.Duration, what string, cond func() bool) time.Duration {
+	tb.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			tb.Fatalf("not within %v: %s", d, what)
+		}
+		time.Sleep(PollInterval)
+	}
+	return time.Since(start)
+}
+
+// FreePort returns a free TCP port on 127.0.0.1.
+func FreePort(tb testing.TB) int {
+	tb.Helper()
+	ports, err := freeport.Take(1)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ports[0]
+}
