@@ -12,17 +12,27 @@ import (
 // Assignment is the bucket -> node map stored as one JSON value at
 // <prefix>/assignment:
 //
-//	{"version": 7, "buckets": {"00": "dtable-server-01", …, "ff": "dtable-server-02"}}
+//	{"version": 7, "buckets": {"00": "dtable-server-01", …, "ff": "dtable-server-02"},
+//	 "epochs": {"00": 1, …, "ff": 6}}
 //
 // Version grows by one on every change. A bucket missing from "buckets" is
-// unassigned. Fields this code does not know are kept in Extra and written
+// unassigned. A bucket's epoch is the version at which it last changed
+// owner: the fencing token a server and the proxy compare, so that a
+// request routed by an older owner's tenure is recognised as such. Fields this code does not know are kept in Extra and written
 // back unchanged, so newer writers can add fields (a per-bucket handoff
 // state, load figures) without older readers losing them.
 type Assignment struct {
 	Version int64
 	Owners  [bucket.Count]string // node id per bucket; "" = unassigned
-	Extra   map[string]json.RawMessage
+	// Epochs holds, per assigned bucket, the version at which it last
+	// changed owner; 0 where it is not recorded (an assignment written
+	// before epochs existed, or an unassigned bucket).
+	Epochs [bucket.Count]int64
+	Extra  map[string]json.RawMessage
 }
+
+// fieldEpochs is the JSON field of Epochs.
+const fieldEpochs = "epochs"
 
 // Owned returns the buckets assigned to nodeID, in order.
 func (a *Assignment) Owned(nodeID string) []bucket.Bucket {
@@ -64,14 +74,37 @@ func (a *Assignment) Validate() error {
 		return fmt.Errorf("version %d: must be 1 or more", a.Version)
 	}
 	for b, n := range a.Owners {
+		e := a.Epochs[b]
 		if n == "" {
+			if e != 0 {
+				return fmt.Errorf("bucket %s: epoch %d for an unassigned bucket", bucket.Bucket(b), e)
+			}
 			continue
 		}
 		if err := ValidateNodeID(n); err != nil {
 			return fmt.Errorf("bucket %s: %v", bucket.Bucket(b), err)
 		}
+		if e < 0 || e > a.Version {
+			return fmt.Errorf("bucket %s: epoch %d: want 1 to the version (%d)", bucket.Bucket(b), e, a.Version)
+		}
 	}
 	return nil
+}
+
+// NextEpochs sets the epochs of a new assignment a that follows prev (nil
+// for the first one): a bucket keeps prev's epoch while its owner stays the
+// same, and takes a's version when its owner changes or prev recorded none.
+func (a *Assignment) NextEpochs(prev *Assignment) {
+	for b, n := range a.Owners {
+		switch {
+		case n == "":
+			a.Epochs[b] = 0
+		case prev != nil && prev.Owners[b] == n && prev.Epochs[b] > 0:
+			a.Epochs[b] = prev.Epochs[b]
+		default:
+			a.Epochs[b] = a.Version
+		}
+	}
 }
 
 // Encode returns the JSON value: version, buckets, then any extra fields.
@@ -91,6 +124,22 @@ func (a *Assignment) Encode() []byte {
 		fmt.Fprintf(&buf, `"%s":%s`, bucket.Bucket(b), id)
 	}
 	buf.WriteByte('}')
+	first = true
+	for b, e := range a.Epochs {
+		if e == 0 {
+			continue
+		}
+		if first {
+			buf.WriteString(`,"` + fieldEpochs + `":{`)
+		} else {
+			buf.WriteByte(',')
+		}
+		first = false
+		fmt.Fprintf(&buf, `"%s":%d`, bucket.Bucket(b), e)
+	}
+	if !first {
+		buf.WriteByte('}')
+	}
 	keys := make([]string, 0, len(a.Extra))
 	for k := range a.Extra {
 		keys = append(keys, k)
@@ -143,8 +192,27 @@ func ParseAssignment(value []byte) (*Assignment, error) {
 		}
 		a.Owners[b] = node
 	}
+	if raw, ok := fields[fieldEpochs]; ok {
+		var epochs map[string]int64
+		if err := json.Unmarshal(raw, &epochs); err != nil || epochs == nil {
+			return nil, fmt.Errorf(`field "epochs": want an object of bucket -> whole number`)
+		}
+		for name, e := range epochs {
+			b, err := bucket.Parse(name)
+			if err != nil {
+				return nil, fmt.Errorf(`field "epochs": %v`, err)
+			}
+			if a.Epochs[b] != 0 {
+				return nil, fmt.Errorf(`field "epochs": bucket %s is listed twice (keys differ only in case)`, b)
+			}
+			if e < 1 {
+				return nil, fmt.Errorf(`field "epochs": bucket %s: epoch %d: want 1 or more`, b, e)
+			}
+			a.Epochs[b] = e
+		}
+	}
 	for k, v := range fields {
-		if k == "version" || k == "buckets" {
+		if k == "version" || k == "buckets" || k == fieldEpochs {
 			continue
 		}
 		if a.Extra == nil {
@@ -229,5 +297,23 @@ func SalvageAssignment(value []byte) (*Assignment, []string) {
 		}
 		a.Owners[b] = node
 	}
+	salvageEpochs(a, fields[fieldEpochs])
 	return a, problems
+}
+
+// salvageEpochs keeps every readable epoch of a salvaged bucket; a bucket
+// without one gets a new epoch when the repair is written (NextEpochs).
+func salvageEpochs(a *Assignment, raw json.RawMessage) {
+	var epochs map[string]json.RawMessage
+	if json.Unmarshal(raw, &epochs) != nil {
+		return
+	}
+	for name, v := range epochs {
+		b, err := bucket.Parse(name)
+		var e int64
+		if err != nil || json.Unmarshal(v, &e) != nil || a.Owners[b] == "" || e < 1 || e > a.Version {
+			continue
+		}
+		a.Epochs[b] = e
+	}
 }
