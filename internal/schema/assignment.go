@@ -1,9 +1,10 @@
 package schema
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
@@ -28,11 +29,20 @@ type Assignment struct {
 	// changed owner; 0 where it is not recorded (an assignment written
 	// before epochs existed, or an unassigned bucket).
 	Epochs [bucket.Count]int64
+	// Moving holds the moves in progress and Queued the planned moves
+	// waiting for a slot (see handoff.go); nil when there are none.
+	Moving map[bucket.Bucket]MoveState
+	Queued map[bucket.Bucket]QueuedMove
 	Extra  map[string]json.RawMessage
 }
 
-// fieldEpochs is the JSON field of Epochs.
-const fieldEpochs = "epochs"
+// The JSON fields besides version and buckets that this code reads; any
+// other field is kept in Extra.
+const (
+	fieldEpochs = "epochs"
+	fieldMoving = "moving"
+	fieldQueued = "queued"
+)
 
 // Owned returns the buckets assigned to nodeID, in order.
 func (a *Assignment) Owned(nodeID string) []bucket.Bucket {
@@ -59,6 +69,8 @@ func (a *Assignment) Counts() map[string]int {
 // Clone returns a deep copy.
 func (a *Assignment) Clone() *Assignment {
 	c := *a
+	c.Moving = maps.Clone(a.Moving)
+	c.Queued = maps.Clone(a.Queued)
 	if a.Extra != nil {
 		c.Extra = make(map[string]json.RawMessage, len(a.Extra))
 		for k, v := range a.Extra {
@@ -88,7 +100,7 @@ func (a *Assignment) Validate() error {
 			return fmt.Errorf("bucket %s: epoch %d: want 1 to the version (%d)", bucket.Bucket(b), e, a.Version)
 		}
 	}
-	return nil
+	return a.validateHandoff()
 }
 
 // NextEpochs sets the epochs of a new assignment a that follows prev (nil
@@ -107,50 +119,38 @@ func (a *Assignment) NextEpochs(prev *Assignment) {
 	}
 }
 
-// Encode returns the JSON value: version, buckets, then any extra fields.
+// Encode returns the JSON value: version, buckets, epochs, moving, queued,
+// then any extra fields, each in a fixed order.
 func (a *Assignment) Encode() []byte {
-	var buf bytes.Buffer
-	fmt.Fprintf(&buf, `{"version":%d,"buckets":{`, a.Version)
+	buf := fmt.Appendf(nil, `{"version":%d,"buckets":{`, a.Version)
 	first := true
 	for b, n := range a.Owners {
 		if n == "" {
 			continue
 		}
 		if !first {
-			buf.WriteByte(',')
+			buf = append(buf, ',')
 		}
 		first = false
 		id, _ := json.Marshal(n)
-		fmt.Fprintf(&buf, `"%s":%s`, bucket.Bucket(b), id)
+		buf = fmt.Appendf(buf, `"%s":%s`, bucket.Bucket(b), id)
 	}
-	buf.WriteByte('}')
-	first = true
+	buf = append(buf, '}')
+	epochs := map[bucket.Bucket]int64{}
 	for b, e := range a.Epochs {
-		if e == 0 {
-			continue
+		if e != 0 {
+			epochs[bucket.Bucket(b)] = e
 		}
-		if first {
-			buf.WriteString(`,"` + fieldEpochs + `":{`)
-		} else {
-			buf.WriteByte(',')
-		}
-		first = false
-		fmt.Fprintf(&buf, `"%s":%d`, bucket.Bucket(b), e)
 	}
-	if !first {
-		buf.WriteByte('}')
-	}
-	keys := make([]string, 0, len(a.Extra))
-	for k := range a.Extra {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	encodeBucketMap(&buf, fieldEpochs, epochs)
+	encodeBucketMap(&buf, fieldMoving, a.Moving)
+	encodeBucketMap(&buf, fieldQueued, a.Queued)
+	keys := slices.Sorted(maps.Keys(a.Extra))
 	for _, k := range keys {
 		name, _ := json.Marshal(k)
-		fmt.Fprintf(&buf, ",%s:%s", name, a.Extra[k])
+		buf = fmt.Appendf(buf, ",%s:%s", name, a.Extra[k])
 	}
-	buf.WriteByte('}')
-	return buf.Bytes()
+	return append(buf, '}')
 }
 
 // ParseAssignment decodes and validates an assignment value. Errors say
@@ -193,26 +193,31 @@ func ParseAssignment(value []byte) (*Assignment, error) {
 		a.Owners[b] = node
 	}
 	if raw, ok := fields[fieldEpochs]; ok {
-		var epochs map[string]int64
-		if err := json.Unmarshal(raw, &epochs); err != nil || epochs == nil {
-			return nil, fmt.Errorf(`field "epochs": want an object of bucket -> whole number`)
+		epochs, err := parseBucketMap[int64](fieldEpochs, raw)
+		if err != nil {
+			return nil, err
 		}
-		for name, e := range epochs {
-			b, err := bucket.Parse(name)
-			if err != nil {
-				return nil, fmt.Errorf(`field "epochs": %v`, err)
-			}
-			if a.Epochs[b] != 0 {
-				return nil, fmt.Errorf(`field "epochs": bucket %s is listed twice (keys differ only in case)`, b)
-			}
+		for b, e := range epochs {
 			if e < 1 {
 				return nil, fmt.Errorf(`field "epochs": bucket %s: epoch %d: want 1 or more`, b, e)
 			}
 			a.Epochs[b] = e
 		}
 	}
+	if raw, ok := fields[fieldMoving]; ok {
+		var err error
+		if a.Moving, err = parseBucketMap[MoveState](fieldMoving, raw); err != nil {
+			return nil, err
+		}
+	}
+	if raw, ok := fields[fieldQueued]; ok {
+		var err error
+		if a.Queued, err = parseBucketMap[QueuedMove](fieldQueued, raw); err != nil {
+			return nil, err
+		}
+	}
 	for k, v := range fields {
-		if k == "version" || k == "buckets" || k == fieldEpochs {
+		if k == "version" || k == "buckets" || k == fieldEpochs || k == fieldMoving || k == fieldQueued {
 			continue
 		}
 		if a.Extra == nil {

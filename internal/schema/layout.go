@@ -6,6 +6,8 @@ package schema
 import (
 	"fmt"
 	"strings"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
 )
 
 // DefaultPrefix is the etcd key prefix used when none is configured.
@@ -66,4 +68,22 @@ func (l Layout) NodeIDFromKey(key string) (string, bool) {
 		return "", false
 	}
 	return id, true
+}
+
+// ReleasedPrefix is where old owners acknowledge releases
+// (<prefix>/released/<bucket>), each under the old owner's lease.
+func (l Layout) ReleasedPrefix() string { return l.Prefix + "/released/" }
+
+// ReleasedKey is the release acknowledgement of one bucket.
+func (l Layout) ReleasedKey(b bucket.Bucket) string { return l.ReleasedPrefix() + b.String() }
+
+// BucketFromReleasedKey returns the bucket of a released key, or false if
+// key is not one.
+func (l Layout) BucketFromReleasedKey(key string) (bucket.Bucket, bool) {
+	name, ok := strings.CutPrefix(key, l.ReleasedPrefix())
+	if !ok || len(name) != 2 {
+		return 0, false
+	}
+	b, err := bucket.Parse(name)
+	return b, err == nil
 }

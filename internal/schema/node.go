@@ -16,7 +16,17 @@ type Node struct {
 	LocalNodeURL string `json:"local_node_url"`
 	// RegisteredAt is when the registrar wrote this value (RFC 3339, informative).
 	RegisteredAt string `json:"registered_at,omitempty"`
+	// State is "" for an active node, or NodeLeaving while the node hands
+	// its buckets off before a clean stop: it receives no bucket and the
+	// monitor moves its buckets away through the handoff.
+	State string `json:"state,omitempty"`
 }
+
+// NodeLeaving is the State of a node that is about to stop.
+const NodeLeaving = "leaving"
+
+// Leaving reports whether the node is handing its buckets off to stop.
+func (n Node) Leaving() bool { return n.State == NodeLeaving }
 
 // ValidateNodeID checks that id can name a node: 1..128 characters of
 // letters, digits, '.', '_', '-' or ':'. It becomes the last segment of an
@@ -66,6 +76,9 @@ func (n Node) Validate() error {
 	}
 	if err := ValidateNodeURL("node_url", n.NodeURL); err != nil {
 		return err
+	}
+	if n.State != "" && n.State != NodeLeaving {
+		return fmt.Errorf("state %q: want %q or none", n.State, NodeLeaving)
 	}
 	return ValidateNodeURL("local_node_url", n.LocalNodeURL)
 }

@@ -34,11 +34,21 @@ type Snapshot struct {
 	Settings            schema.Settings
 	SettingsModRevision int64
 	SettingsError       error
+	// Released holds the valid release acknowledgements
+	// (<prefix>/released/<bucket>) with their keys' mod revisions, which a
+	// commit compares; never nil. An invalid value is logged and left out.
+	Released map[bucket.Bucket]ReleasedKey
+}
+
+// ReleasedKey is one release acknowledgement and its key's mod revision.
+type ReleasedKey struct {
+	schema.Released
+	ModRevision int64
 }
 
 // EmptySnapshot is the state of a cluster with nothing in etcd.
 func EmptySnapshot() *Snapshot {
-	return &Snapshot{Nodes: map[string]schema.Node{}, NodeErrors: map[string]error{}}
+	return &Snapshot{Nodes: map[string]schema.Node{}, NodeErrors: map[string]error{}, Released: map[bucket.Bucket]ReleasedKey{}}
 }
 
 // clone copies the maps, so that the copy can be changed and published.
@@ -46,6 +56,7 @@ func (s *Snapshot) clone() *Snapshot {
 	c := *s
 	c.Nodes = maps.Clone(s.Nodes)
 	c.NodeErrors = maps.Clone(s.NodeErrors)
+	c.Released = maps.Clone(s.Released)
 	return &c
 }
 
@@ -57,6 +68,7 @@ func (s *Snapshot) sameState(o *Snapshot) bool {
 		s.SettingsModRevision == o.SettingsModRevision &&
 		errText(s.SettingsError) == errText(o.SettingsError) &&
 		maps.Equal(s.Nodes, o.Nodes) &&
+		maps.Equal(s.Released, o.Released) &&
 		maps.EqualFunc(s.NodeErrors, o.NodeErrors, func(a, b error) bool { return errText(a) == errText(b) })
 }
 

@@ -380,6 +380,21 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 		next.Nodes[id] = n
 		delete(next.NodeErrors, id)
 		return true
+	case strings.HasPrefix(key, l.ReleasedPrefix()):
+		b, ok := l.BucketFromReleasedKey(key)
+		if !ok {
+			w.log.Warn("ignoring malformed released key", zap.String("key", key))
+			return false
+		}
+		r, err := schema.ParseReleased(kv.Value)
+		if err != nil {
+			delete(next.Released, b)
+			w.log.Error("invalid release acknowledgement in etcd; ignoring it",
+				zap.String("key", key), zap.Int64("mod_revision", kv.ModRevision), zap.Error(err))
+			return true
+		}
+		next.Released[b] = ReleasedKey{Released: r, ModRevision: kv.ModRevision}
+		return true
 	}
 	return false
 }
@@ -402,6 +417,10 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 	if id, ok := l.NodeIDFromKey(key); ok {
 		delete(next.Nodes, id)
 		delete(next.NodeErrors, id)
+		return true
+	}
+	if b, ok := l.BucketFromReleasedKey(key); ok {
+		delete(next.Released, b)
 		return true
 	}
 	return false
