@@ -1,17 +1,33 @@
 // Package fakeserver is a stand-in dtable-server for tests and the local
-// cluster: it answers every HTTP request with its name and what it
-// received (path, query, Host, the proxy's fencing headers) as JSON, and
-// echoes WebSocket messages prefixed with its name ("n1:hello").
+// cluster. It answers every HTTP request with its name and what it
+// received (path, query, Host, the proxy's headers) as JSON, and echoes
+// WebSocket messages prefixed with its name ("n1:hello").
+//
+// It also implements the server side of docs/server-contract.md, so tests
+// can prove that no two servers hold one bucket at once: it takes the
+// registrar's notifications (protocol 1 and 2) at NotifyPath, holds the
+// buckets it is given at their epochs, marks bases dirty on writes, saves
+// (SaveDelay) and unloads on a release, fences at its deadline, and, in
+// strict mode, answers 421 to a request for a bucket it does not hold at
+// the request's epoch. Every hold and every served request is logged with
+// its bucket, epoch and times (Log, and GET LogPath as JSON).
 package fakeserver
 
 import (
 	"encoding/json"
 	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/contract"
 )
 
-// Answer is the JSON body of every HTTP response.
+// Answer is the JSON body of every served HTTP request.
 type Answer struct {
 	Node    string `json:"node"`
 	Method  string `json:"method"`
@@ -20,32 +36,361 @@ type Answer struct {
 	Host    string `json:"host"`
 	Bucket  string `json:"bucket"`  // X-Dtable-Bucket as received
 	Version string `json:"version"` // X-Dtable-Assignment-Version as received
+	Epoch   string `json:"epoch"`   // X-Dtable-Bucket-Epoch as received
 }
 
-// Handler returns the fake server named name.
-func Handler(name string) http.Handler {
-	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if websocket.IsWebSocketUpgrade(r) {
-			c, err := up.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			for {
-				mt, msg, err := c.ReadMessage()
-				if err != nil {
-					return
-				}
-				if c.WriteMessage(mt, []byte(name+":"+string(msg))) != nil {
-					return
-				}
-			}
-		}
+// Default paths of the contract endpoints.
+const (
+	NotifyPath = "/_cluster/notify"
+	LogPath    = "/_fake/log"
+)
+
+// Config describes one stand-in server.
+type Config struct {
+	Name string
+	// Strict serves only buckets held at the request's epoch (the server
+	// contract); otherwise every request is served (and still logged).
+	Strict bool
+	// SaveDelay is how long saving a dirty bucket takes on release.
+	SaveDelay time.Duration
+}
+
+// Interval is one entry of the log: a hold (Kind "hold": from acquiring a
+// bucket to having released it, or fenced) or a served request (Kind
+// "serve"). End is zero while it lasts.
+type Interval struct {
+	Server string    `json:"server"`
+	Kind   string    `json:"kind"`
+	Bucket string    `json:"bucket"`
+	Epoch  int64     `json:"epoch"`
+	Start  time.Time `json:"start"`
+	End    time.Time `json:"end"`
+	How    string    `json:"how,omitempty"` // for a hold: released, fenced, dropped
+}
+
+// Server is a stand-in dtable-server; it is an http.Handler.
+type Server struct {
+	cfg Config
+	up  websocket.Upgrader
+
+	mu       sync.Mutex
+	changed  *sync.Cond // signalled when a request ends (a release waits for them)
+	held     map[string]*holding
+	deadline time.Time // fence then; zero: none known
+	timer    *time.Timer
+	log      []Interval
+	notified int // notifications applied
+}
+
+// holding is one held bucket.
+type holding struct {
+	epoch     int64
+	releasing bool
+	dirty     bool
+	inflight  int
+	logIndex  int // its "hold" entry in the log
+	sockets   map[*websocket.Conn]struct{}
+}
+
+// New returns a stand-in server.
+func New(cfg Config) *Server {
+	s := &Server{cfg: cfg, held: map[string]*holding{}}
+	s.changed = sync.NewCond(&s.mu)
+	s.up = websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	return s
+}
+
+// Handler returns a lenient stand-in server named name (serves everything).
+func Handler(name string) http.Handler { return New(Config{Name: name}) }
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case NotifyPath:
+		s.notify(w, r)
+		return
+	case LogPath:
 		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(Answer{
-			Node: name, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Host: r.Host,
-			Bucket: r.Header.Get("X-Dtable-Bucket"), Version: r.Header.Get("X-Dtable-Assignment-Version"),
-		})
+		json.NewEncoder(w).Encode(s.Log())
+		return
+	}
+	b := requestBucket(r)
+	epoch, _ := strconv.ParseInt(r.Header.Get(contract.HeaderBucketEpoch), 10, 64)
+	entry, h, refusal := s.begin(b, epoch)
+	if refusal != nil {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(contract.StatusNotMine)
+		json.NewEncoder(w).Encode(refusal)
+		return
+	}
+	defer s.end(entry, h)
+	if websocket.IsWebSocketUpgrade(r) {
+		s.echo(w, r, h)
+		return
+	}
+	if h != nil && r.Method != http.MethodGet && r.Method != http.MethodHead {
+		s.mu.Lock()
+		h.dirty = true
+		s.mu.Unlock()
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(Answer{
+		Node: s.cfg.Name, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Host: r.Host,
+		Bucket: r.Header.Get(contract.HeaderBucket), Version: r.Header.Get(contract.HeaderVersion),
+		Epoch: r.Header.Get(contract.HeaderBucketEpoch),
 	})
+}
+
+// begin admits a request for bucket b (nil: names no base) at epoch (0:
+// the request names none), logging it; or it returns the refusal.
+func (s *Server) begin(b *bucket.Bucket, epoch int64) (int, *holding, *contract.NotMine) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b == nil {
+		return -1, nil, nil
+	}
+	name := b.String()
+	h := s.held[name]
+	if s.cfg.Strict {
+		refuse := func(reason string) (int, *holding, *contract.NotMine) {
+			nm := &contract.NotMine{Node: s.cfg.Name, Bucket: name, Reason: reason}
+			if h != nil {
+				nm.Epoch = h.epoch
+			}
+			return -1, nil, nm
+		}
+		switch {
+		case h == nil:
+			return refuse("not_held")
+		case h.releasing:
+			return refuse("releasing")
+		case !s.deadline.IsZero() && time.Now().After(s.deadline):
+			return refuse("fenced")
+		case epoch != 0 && h.epoch != 0 && epoch != h.epoch:
+			return refuse("epoch")
+		}
+	}
+	if h != nil {
+		h.inflight++
+		epoch = h.epoch
+	}
+	s.log = append(s.log, Interval{Server: s.cfg.Name, Kind: "serve", Bucket: name, Epoch: epoch, Start: time.Now()})
+	return len(s.log) - 1, h, nil
+}
+
+func (s *Server) end(entry int, h *holding) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if entry >= 0 {
+		s.log[entry].End = time.Now()
+	}
+	if h != nil {
+		h.inflight--
+		s.changed.Broadcast()
+	}
+}
+
+func (s *Server) echo(w http.ResponseWriter, r *http.Request, h *holding) {
+	c, err := s.up.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	if h != nil {
+		s.mu.Lock()
+		if h.sockets == nil {
+			h.sockets = map[*websocket.Conn]struct{}{}
+		}
+		h.sockets[c] = struct{}{}
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			delete(h.sockets, c)
+			s.mu.Unlock()
+		}()
+	}
+	for {
+		mt, msg, err := c.ReadMessage()
+		if err != nil {
+			return
+		}
+		if c.WriteMessage(mt, []byte(s.cfg.Name+":"+string(msg))) != nil {
+			return
+		}
+	}
+}
+
+// requestBucket finds the base a request names: the proxy's bucket header,
+// else the first path segment or dtable_uuid parameter that is a UUID.
+func requestBucket(r *http.Request) *bucket.Bucket {
+	if v := r.Header.Get(contract.HeaderBucket); v != "" {
+		if b, err := bucket.Parse(v); err == nil {
+			return &b
+		}
+	}
+	for _, seg := range strings.Split(r.URL.Path, "/") {
+		if b, err := bucket.FromUUID(seg); err == nil {
+			return &b
+		}
+	}
+	if b, err := bucket.FromUUID(r.URL.Query().Get("dtable_uuid")); err == nil {
+		return &b
+	}
+	return nil
+}
+
+// Log returns a copy of the log: holds and served requests, in order of start.
+func (s *Server) Log() []Interval {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Interval(nil), s.log...)
+}
+
+// Held returns the buckets held now and their epochs.
+func (s *Server) Held() map[string]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]int64{}
+	for name, h := range s.held {
+		if !h.releasing {
+			out[name] = h.epoch
+		}
+	}
+	return out
+}
+
+// notify applies a registrar notification (see docs/server-contract.md)
+// and answers 2xx once every release it orders is done.
+func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
+	var n contract.Notification
+	if err := json.NewDecoder(r.Body).Decode(&n); err != nil {
+		http.Error(w, "bad notification: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if n.NodeID != s.cfg.Name {
+		http.Error(w, "notification for "+n.NodeID+", this is "+s.cfg.Name, http.StatusConflict)
+		return
+	}
+	received := time.Now()
+	if n.Protocol < 2 {
+		// Protocol 1 names the owned buckets without epochs or releases.
+		n.Epochs = map[string]int64{}
+		for _, name := range n.Buckets {
+			n.Epochs[name] = 0
+		}
+	}
+	if n.Fence {
+		s.fence("fenced by the registrar: " + n.Reason)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	var releasing []string
+	s.mu.Lock()
+	s.notified++
+	if n.ServeForMS > 0 {
+		s.setDeadline(received.Add(time.Duration(n.ServeForMS) * time.Millisecond))
+	}
+	for name, h := range s.held {
+		_, keep := n.Epochs[name]
+		_, release := n.Release[name]
+		switch {
+		case release && !h.releasing:
+			h.releasing = true
+			releasing = append(releasing, name)
+		case !keep && !release && !h.releasing:
+			// Gone without a release order: its owner changed while this
+			// server was not told to release (it was fenced or declared
+			// gone). Drop it at once, saving nothing to shared storage.
+			s.closeHold(name, h, "dropped")
+		}
+	}
+	canHold := n.Protocol < 2 || n.ServeForMS > 0
+	for name, epoch := range n.Epochs {
+		h, ok := s.held[name]
+		switch {
+		case ok && !h.releasing:
+			h.epoch = epoch
+		case !ok && canHold:
+			s.log = append(s.log, Interval{Server: s.cfg.Name, Kind: "hold", Bucket: name, Epoch: epoch, Start: time.Now()})
+			s.held[name] = &holding{epoch: epoch, logIndex: len(s.log) - 1}
+		}
+	}
+	s.mu.Unlock()
+
+	var wg sync.WaitGroup
+	for _, name := range releasing {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.release(name)
+		}()
+	}
+	wg.Wait()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// release gives up one bucket: new requests are already refused; close its
+// sockets, wait for requests in flight, save if dirty, unload.
+func (s *Server) release(name string) {
+	s.mu.Lock()
+	h := s.held[name]
+	if h == nil {
+		s.mu.Unlock()
+		return
+	}
+	for c := range h.sockets {
+		c.Close()
+	}
+	for h.inflight > 0 {
+		s.changed.Wait()
+	}
+	dirty := h.dirty
+	s.mu.Unlock()
+	if dirty {
+		time.Sleep(s.cfg.SaveDelay)
+	}
+	s.mu.Lock()
+	if s.held[name] == h { // not fenced meanwhile
+		s.closeHold(name, h, "released")
+	}
+	s.mu.Unlock()
+}
+
+// closeHold ends a hold; s.mu is held.
+func (s *Server) closeHold(name string, h *holding, how string) {
+	for c := range h.sockets {
+		c.Close()
+	}
+	s.log[h.logIndex].End = time.Now()
+	s.log[h.logIndex].How = how
+	delete(s.held, name)
+}
+
+// setDeadline arms the fence timer; s.mu is held.
+func (s *Server) setDeadline(t time.Time) {
+	s.deadline = t
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	s.timer = time.AfterFunc(time.Until(t), func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !s.deadline.IsZero() && !time.Now().Before(s.deadline) { // not renewed meanwhile
+			s.fenceLocked("deadline passed without a renewal")
+		}
+	})
+}
+
+// fence drops every bucket at once.
+func (s *Server) fence(why string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fenceLocked(why)
+}
+
+func (s *Server) fenceLocked(why string) {
+	for name, h := range s.held {
+		s.closeHold(name, h, "fenced")
+	}
+	now := time.Now()
+	s.log = append(s.log, Interval{Server: s.cfg.Name, Kind: "fence", Start: now, End: now, How: why})
 }
