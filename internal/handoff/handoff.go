@@ -1,0 +1,213 @@
+// Package handoff turns the planner's target owners into safe steps: the
+// monitor's state machine for moving a bucket from one live server to
+// another (docs/server-contract.md). It is pure, like the planner: the
+// current assignment, the live nodes, the release acknowledgements in etcd,
+// the target owners and the clock go in; the next assignment and what
+// happened come out. The monitor writes the result in one fenced
+// transaction.
+//
+// A bucket's life:
+//
+//	STABLE(a) -> MOVING(a->b)  when the target differs and a is live (throttled; else QUEUED)
+//	MOVING(a->b) -> STABLE(b)  on a release acknowledgement {from a, epoch} (commit)
+//	MOVING(a->b) -> STABLE(b)  when a is gone: it fenced itself before its key could expire
+//	MOVING(a->b) -> MOVING(a->c) when the target changes (b died, or the plan changed)
+//	MOVING(a->b) -> STABLE(a)  after the timeout while a lives, or when the plan wants a again (abort)
+//	STABLE(a) -> STABLE(b)     at once when a is gone or the bucket is unassigned (nobody to hand off)
+package handoff
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+)
+
+// Limits bound the handoffs in flight.
+type Limits struct {
+	// MaxMoving is the most moves in progress in the cluster, and
+	// MaxMovingPerNode the most per node as source or target.
+	MaxMoving, MaxMovingPerNode int
+	// Timeout is how long an old owner that is still live may take to
+	// release a bucket before the move is aborted.
+	Timeout time.Duration
+}
+
+// DefaultLimits: 16 moves in the cluster and 8 per node at a time, and
+// 60 s to release. A rebalance that gives a new third node its 85 buckets
+// takes 11 waves (8 at a time into that node), each about as long as the
+// slowest save of the wave.
+var DefaultLimits = Limits{MaxMoving: 16, MaxMovingPerNode: 8, Timeout: 60 * time.Second}
+
+// Input is what a step depends on.
+type Input struct {
+	// Current is the assignment in etcd (not nil).
+	Current *schema.Assignment
+	// Live holds the registered nodes: a move's source counts as gone
+	// when it is not here.
+	Live map[string]bool
+	// Released holds the release acknowledgements in etcd.
+	Released map[bucket.Bucket]schema.Released
+	// Target is the planner's owner for every bucket, planned on the
+	// effective owners (Assignment.Effective), with the reason of each
+	// bucket whose target differs from its effective owner.
+	Target  [bucket.Count]string
+	Reasons map[bucket.Bucket]string
+	// Hold lists buckets that must not start a move now (e.g. a cooldown
+	// after an aborted move); they stay queued.
+	Hold  map[bucket.Bucket]bool
+	Now   time.Time
+	Limit Limits
+}
+
+// Step is the outcome: the next assignment (its Version still Current's:
+// the writer sets the version and the epochs) and the transitions.
+type Step struct {
+	Next *schema.Assignment
+	// Committed moves went to their target on a release acknowledgement
+	// (Reason "released") or because the old owner is gone ("owner_gone").
+	Committed []schema.Move
+	// Direct moves had no live owner to hand off from.
+	Direct []schema.Move
+	// Started moves began a handoff; Queued ones wait for a slot.
+	Started []schema.Move
+	Queued  []schema.Move
+	// Retargeted moves got a new target; Aborted ones stay with their
+	// owner (Reason "timeout" or "cancelled").
+	Retargeted []schema.Move
+	Aborted    []schema.Move
+	// ConsumedReleases are the release keys to delete in the same write:
+	// those of committed moves and stale ones that match no move.
+	ConsumedReleases []bucket.Bucket
+
+	prevQueued map[bucket.Bucket]schema.QueuedMove
+}
+
+// Changed reports whether the step changes the assignment.
+func (s *Step) Changed() bool {
+	return len(s.Committed)+len(s.Direct)+len(s.Started)+len(s.Retargeted)+len(s.Aborted) > 0 ||
+		!maps.Equal(s.Next.Queued, s.prevQueued)
+}
+
+// Reasons for transitions that the planner does not name.
+const (
+	ReasonReleased  = "released"   // committed on the old owner's acknowledgement
+	ReasonOwnerGone = "owner_gone" // committed because the old owner is gone
+	ReasonTimeout   = "timeout"    // aborted: no acknowledgement in time
+	ReasonCancelled = "cancelled"  // aborted: the plan keeps the bucket where it is
+)
+
+// Advance computes one step.
+func Advance(in Input) *Step {
+	cur := in.Current
+	next := cur.Clone()
+	next.Moving, next.Queued = maps.Clone(cur.Moving), nil
+	st := &Step{Next: next, prevQueued: cur.Queued}
+
+	// 1. Moves in progress: commit, re-target or abort.
+	for _, b := range sortedKeys(cur.Moving) {
+		m := cur.Moving[b]
+		target := in.Target[b]
+		mv := schema.Move{Bucket: b, From: m.From, To: m.To}
+		if target == m.From && in.Live[m.From] {
+			mv.Reason = ReasonCancelled
+			st.abort(mv)
+			continue
+		}
+		if target == "" || target == m.From {
+			target = m.To // no plan for it (no eligible node): keep the move's target
+		}
+		r, acked := in.Released[b]
+		switch {
+		case acked && r.Matches(m):
+			mv.To, mv.Reason = target, ReasonReleased
+			st.commit(mv)
+			st.ConsumedReleases = append(st.ConsumedReleases, b)
+		case !in.Live[m.From]:
+			mv.To, mv.Reason = target, ReasonOwnerGone
+			st.commit(mv)
+		case in.Now.Sub(m.Since) > in.Limit.Timeout:
+			mv.Reason = ReasonTimeout
+			st.abort(mv)
+		case target != m.To:
+			m.To = target
+			next.Moving[b] = m
+			mv.To, mv.Reason = target, "retarget"
+			st.Retargeted = append(st.Retargeted, mv)
+		}
+	}
+	// Release keys that match no move in progress are stale (an aborted
+	// move's late acknowledgement): consume them.
+	for _, b := range sortedKeys(in.Released) {
+		if m, ok := cur.Moving[b]; !ok || !in.Released[b].Matches(m) {
+			st.ConsumedReleases = append(st.ConsumedReleases, b)
+		}
+	}
+
+	// 2. Buckets at rest whose target differs: move directly, start a
+	// handoff, or queue it. A move aborted just now is not started again
+	// in the same step.
+	aborted := map[bucket.Bucket]bool{}
+	for _, mv := range st.Aborted {
+		aborted[mv.Bucket] = true
+	}
+	load := map[string]int{}
+	for _, m := range next.Moving {
+		load[m.From]++
+		load[m.To]++
+	}
+	for b := range bucket.Count {
+		bk := bucket.Bucket(b)
+		if _, moving := next.Moving[bk]; moving {
+			continue
+		}
+		owner, target := next.Owners[b], in.Target[b]
+		if target == "" || target == owner {
+			continue
+		}
+		mv := schema.Move{Bucket: bk, From: owner, To: target, Reason: in.Reasons[bk]}
+		if owner == "" || !in.Live[owner] {
+			next.Owners[b] = target
+			st.Direct = append(st.Direct, mv)
+			continue
+		}
+		if in.Hold[bk] || aborted[bk] || len(next.Moving) >= in.Limit.MaxMoving ||
+			load[owner] >= in.Limit.MaxMovingPerNode || load[target] >= in.Limit.MaxMovingPerNode {
+			if next.Queued == nil {
+				next.Queued = map[bucket.Bucket]schema.QueuedMove{}
+			}
+			next.Queued[bk] = schema.QueuedMove{To: target, Reason: mv.Reason}
+			st.Queued = append(st.Queued, mv)
+			continue
+		}
+		if next.Moving == nil {
+			next.Moving = map[bucket.Bucket]schema.MoveState{}
+		}
+		// The move's epoch is the version this step will be written as.
+		next.Moving[bk] = schema.MoveState{From: owner, To: target, Epoch: cur.Version + 1, Since: in.Now, Reason: mv.Reason}
+		load[owner]++
+		load[target]++
+		st.Started = append(st.Started, mv)
+	}
+	if len(next.Moving) == 0 {
+		next.Moving = nil
+	}
+	return st
+}
+
+func (st *Step) commit(mv schema.Move) {
+	st.Next.Owners[mv.Bucket] = mv.To
+	delete(st.Next.Moving, mv.Bucket)
+	st.Committed = append(st.Committed, mv)
+}
+
+func (st *Step) abort(mv schema.Move) {
+	delete(st.Next.Moving, mv.Bucket)
+	st.Aborted = append(st.Aborted, mv)
+}
+
+func sortedKeys[V any](m map[bucket.Bucket]V) []bucket.Bucket {
+	return slices.Sorted(maps.Keys(m))
+}
