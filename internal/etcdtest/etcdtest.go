@@ -108,7 +108,7 @@ func tryStart(tb testing.TB, size, attempt int, files *TLSFiles) (*Etcd, error) 
 	return c, nil
 }
 
-// memberConfig is rebuilt on every start: embed mutates the config it is given.
+// config is rebuilt on every start: embed mutates the config it is given.
 func (m *Member) config(token, initialCluster string) *embed.Config {
 	cfg := embed.NewConfig()
 	cfg.Name = m.Name
