@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/freeport"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
 
 // Etcd is a running etcd cluster of one or more members.
@@ -108,7 +109,7 @@ func tryStart(tb testing.TB, size, attempt int, files *TLSFiles) (*Etcd, error) 
 	return c, nil
 }
 
-// memberConfig is rebuilt on every start: embed mutates the config it is given.
+// config is rebuilt on every start: embed mutates the config it is given.
 func (m *Member) config(token, initialCluster string) *embed.Config {
 	cfg := embed.NewConfig()
 	cfg.Name = m.Name
@@ -225,15 +226,10 @@ func (c *Etcd) ClientOf(tb testing.TB, endpoints ...string) *clientv3.Client {
 func (c *Etcd) WaitLeader(tb testing.TB) {
 	tb.Helper()
 	cli := c.Client(tb)
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	testutil.Eventually(tb, 20*time.Second, "etcdtest: a leader (a running member answers a linearizable read)", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		_, err := cli.Get(ctx, "etcdtest-wait-leader")
-		cancel()
-		if err == nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	tb.Fatalf("etcdtest: no leader after 20s")
+		return err == nil
+	})
 }

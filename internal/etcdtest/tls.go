@@ -23,7 +23,7 @@ type TLSFiles struct {
 
 // StartTLS runs a one-member cluster that serves clients over https and
 // requires a client certificate signed by its CA. Connect with
-// etcdclient.Options and the returned files; Cluster.Client does not speak TLS.
+// etcdclient.Options and the returned files; Etcd.Client does not speak TLS.
 func StartTLS(tb testing.TB) (*Etcd, TLSFiles) {
 	tb.Helper()
 	files := newPKI(tb)

@@ -9,9 +9,38 @@ import (
 )
 
 func TestNewLayout(t *testing.T) {
+	cases := []struct {
+		name, prefix string
+		want         string // the normalized prefix; "" if the prefix is rejected
+	}{
+		{"empty means the default", "", DefaultPrefix},
+		{"trailing slash dropped", "/a/b/", "/a/b"},
+		{"no leading slash", "x", ""},
+		{"only a slash", "/", ""},
+		{"only slashes", "//", ""},
+		{"empty path segment", "/a//b", ""},
+		{"whitespace", "/a b", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := NewLayout(tc.prefix)
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("NewLayout(%q) accepted: %+v", tc.prefix, l)
+				}
+				return
+			}
+			if err != nil || l.Prefix != tc.want {
+				t.Fatalf("NewLayout(%q) = %+v, %v; want prefix %q", tc.prefix, l, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLayoutKeys(t *testing.T) {
 	l, err := NewLayout("")
-	if err != nil || l.Prefix != DefaultPrefix {
-		t.Fatalf("default layout = %+v, %v", l, err)
+	if err != nil {
+		t.Fatal(err)
 	}
 	if got := l.NodeKey("dtable-server-01"); got != "/dtable-cluster/nodes/dtable-server-01" {
 		t.Errorf("NodeKey = %q", got)
@@ -19,21 +48,29 @@ func TestNewLayout(t *testing.T) {
 	if got := l.AssignmentKey(); got != "/dtable-cluster/assignment" {
 		t.Errorf("AssignmentKey = %q", got)
 	}
-	if l2, _ := NewLayout("/a/b/"); l2.Prefix != "/a/b" {
-		t.Errorf("trailing slash kept: %q", l2.Prefix)
+}
+
+func TestNodeIDFromKey(t *testing.T) {
+	l, err := NewLayout("")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, bad := range []string{"x", "/", "//", "/a//b", "/a b"} {
-		if _, err := NewLayout(bad); err == nil {
-			t.Errorf("NewLayout(%q) accepted", bad)
-		}
+	cases := []struct {
+		name, key string
+		wantID    string
+		wantOK    bool
+	}{
+		{"node key", "/dtable-cluster/nodes/n1", "n1", true},
+		{"empty node id", "/dtable-cluster/nodes/", "", false},
+		{"nested below a node", "/dtable-cluster/nodes/a/b", "", false},
+		{"not under nodes", "/dtable-cluster/assignment", "", false},
 	}
-	if id, ok := l.NodeIDFromKey("/dtable-cluster/nodes/n1"); !ok || id != "n1" {
-		t.Errorf("NodeIDFromKey = %q, %v", id, ok)
-	}
-	for _, k := range []string{"/dtable-cluster/nodes/", "/dtable-cluster/nodes/a/b", "/dtable-cluster/assignment"} {
-		if _, ok := l.NodeIDFromKey(k); ok {
-			t.Errorf("NodeIDFromKey(%q) accepted", k)
-		}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if id, ok := l.NodeIDFromKey(tc.key); id != tc.wantID || ok != tc.wantOK {
+				t.Errorf("NodeIDFromKey(%q) = %q, %v; want %q, %v", tc.key, id, ok, tc.wantID, tc.wantOK)
+			}
+		})
 	}
 }
 
@@ -43,27 +80,33 @@ func TestParseNode(t *testing.T) {
 	if err != nil || n.LocalNodeURL != "http://172.17.30.94/" {
 		t.Fatalf("ParseNode = %+v, %v", n, err)
 	}
-	bad := map[string]string{
-		`nope`: "not a JSON node registration",
-		`{"node_id":"","node_url":"http://a/","local_node_url":"http://b/"}`:              "node id is empty",
-		`{"node_id":"n 1","node_url":"http://a/","local_node_url":"http://b/"}`:           "node id",
-		`{"node_id":"n1","node_url":"ftp://a/","local_node_url":"http://b/"}`:             "node_url",
-		`{"node_id":"n1","node_url":"http://a/","local_node_url":"http:///x"}`:            "local_node_url \"http:///x\" has no host",
-		`{"node_id":"n1","node_url":"http://a/","local_node_url":"http://b/?q=1"}`:        "query",
-		`{"node_id":"other","node_url":"http://a/","local_node_url":"http://b/"}`:         "does not match",
-		`{"node_id":"n1","node_url":"http://a/","local_node_url":"172.17.30.94"}`:         "local_node_url",
-		`{"node_id":"n1","node_url":"http://a/","local_node_url":"http://[::1/"}`:         "not a URL",
-		`{"node_id":["n1"],"node_url":"http://a/","local_node_url":"http://b/"}`:          "not a JSON",
-		`{"node_id":"n1","node_url":"http://a/","local_node_url":"http://b/","x":"\x01"}`: "not a JSON",
+}
+
+func TestParseNodeRejects(t *testing.T) {
+	cases := []struct {
+		name string
+		id   string // the node id from the key
+		in   string
+		want string // part of the error
+	}{
+		{"not JSON", "n1", `nope`, "not a JSON node registration"},
+		{"empty node id", "n1", `{"node_id":"","node_url":"http://a/","local_node_url":"http://b/"}`, "node id is empty"},
+		{"node id with a space", "n 1", `{"node_id":"n 1","node_url":"http://a/","local_node_url":"http://b/"}`, "node id"},
+		{"node_url not http", "n1", `{"node_id":"n1","node_url":"ftp://a/","local_node_url":"http://b/"}`, "node_url"},
+		{"local_node_url without host", "n1", `{"node_id":"n1","node_url":"http://a/","local_node_url":"http:///x"}`, "local_node_url \"http:///x\" has no host"},
+		{"local_node_url with a query", "n1", `{"node_id":"n1","node_url":"http://a/","local_node_url":"http://b/?q=1"}`, "query"},
+		{"node id differs from the key", "n1", `{"node_id":"other","node_url":"http://a/","local_node_url":"http://b/"}`, "does not match"},
+		{"local_node_url not absolute", "n1", `{"node_id":"n1","node_url":"http://a/","local_node_url":"172.17.30.94"}`, "local_node_url"},
+		{"local_node_url unparsable", "n1", `{"node_id":"n1","node_url":"http://a/","local_node_url":"http://[::1/"}`, "not a URL"},
+		{"node id not a string", "n1", `{"node_id":["n1"],"node_url":"http://a/","local_node_url":"http://b/"}`, "not a JSON"},
+		{"invalid escape in an unknown field", "n1", `{"node_id":"n1","node_url":"http://a/","local_node_url":"http://b/","x":"\x01"}`, "not a JSON"},
 	}
-	for in, want := range bad {
-		id := "n1"
-		if strings.Contains(in, `"n 1"`) {
-			id = "n 1"
-		}
-		if _, err := ParseNode(id, []byte(in)); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("ParseNode(%s) error = %v; want it to contain %q", in, err, want)
-		}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseNode(tc.id, []byte(tc.in)); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ParseNode(%q, %s) error = %v; want it to contain %q", tc.id, tc.in, err, tc.want)
+			}
+		})
 	}
 }
 
@@ -113,41 +156,50 @@ func TestAssignmentRoundTrip(t *testing.T) {
 }
 
 func TestParseAssignmentRejects(t *testing.T) {
-	cases := map[string]string{
-		`[]`:                                          "not a JSON object",
-		`null`:                                        "not a JSON object",
-		`{"buckets":{}}`:                              `"version" is missing`,
-		`{"version":"1","buckets":{}}`:                `"version"`,
-		`{"version":0,"buckets":{}}`:                  "version 0",
-		`{"version":1}`:                               `"buckets" is missing`,
-		`{"version":1,"buckets":[]}`:                  `"buckets"`,
-		`{"version":1,"buckets":{"100":"n1"}}`:        `invalid bucket "100"`,
-		`{"version":1,"buckets":{"zz":"n1"}}`:         `invalid bucket "zz"`,
-		`{"version":1,"buckets":{"0a":""}}`:           "bucket 0a has an empty node id",
-		`{"version":1,"buckets":{"0a":"a/b"}}`:        "bucket 0a: node id",
-		`{"version":1,"buckets":{"0a":"n","0A":"m"}}`: "listed twice",
-		`{"version":1,"buckets":{"0a":5}}`:            `"buckets"`,
-		`{"version":1.5,"buckets":{}}`:                `"version"`,
+	cases := []struct {
+		name, in string
+		want     string // part of the error
+	}{
+		{"a JSON list", `[]`, "not a JSON object"},
+		{"JSON null", `null`, "not a JSON object"},
+		{"version missing", `{"buckets":{}}`, `"version" is missing`},
+		{"version a string", `{"version":"1","buckets":{}}`, `"version"`},
+		{"version zero", `{"version":0,"buckets":{}}`, "version 0"},
+		{"version not an integer", `{"version":1.5,"buckets":{}}`, `"version"`},
+		{"buckets missing", `{"version":1}`, `"buckets" is missing`},
+		{"buckets a list", `{"version":1,"buckets":[]}`, `"buckets"`},
+		{"bucket out of range", `{"version":1,"buckets":{"100":"n1"}}`, `invalid bucket "100"`},
+		{"bucket not hex", `{"version":1,"buckets":{"zz":"n1"}}`, `invalid bucket "zz"`},
+		{"empty node id", `{"version":1,"buckets":{"0a":""}}`, "bucket 0a has an empty node id"},
+		{"invalid node id", `{"version":1,"buckets":{"0a":"a/b"}}`, "bucket 0a: node id"},
+		{"bucket twice in two cases", `{"version":1,"buckets":{"0a":"n","0A":"m"}}`, "listed twice"},
+		{"node id a number", `{"version":1,"buckets":{"0a":5}}`, `"buckets"`},
 	}
-	for in, want := range cases {
-		if _, err := ParseAssignment([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("ParseAssignment(%s) error = %v; want it to contain %q", in, err, want)
-		}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseAssignment([]byte(tc.in)); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ParseAssignment(%s) error = %v; want it to contain %q", tc.in, err, tc.want)
+			}
+		})
 	}
 }
 
 func TestDiff(t *testing.T) {
 	a := fullAssignment(1, "n1", "n2")
-	b := a.Clone()
-	b.Owners[3] = "n3"
-	b.Owners[200] = ""
-	moves := Diff(a, b)
-	if len(moves) != 2 || moves[0] != (Move{Bucket: 3, From: "n2", To: "n3"}) || moves[1] != (Move{Bucket: 200, From: "n1", To: ""}) {
-		t.Fatalf("Diff = %+v", moves)
-	}
-	if got := len(Diff(nil, a)); got != bucket.Count {
-		t.Fatalf("Diff(nil, full) = %d moves", got)
-	}
+	t.Run("one move per changed bucket, in bucket order", func(t *testing.T) {
+		b := a.Clone()
+		b.Owners[3] = "n3"
+		b.Owners[200] = ""
+		moves := Diff(a, b)
+		if len(moves) != 2 || moves[0] != (Move{Bucket: 3, From: "n2", To: "n3"}) || moves[1] != (Move{Bucket: 200, From: "n1", To: ""}) {
+			t.Fatalf("Diff = %+v", moves)
+		}
+	})
+	t.Run("from nil every bucket moves", func(t *testing.T) {
+		if got := len(Diff(nil, a)); got != bucket.Count {
+			t.Fatalf("Diff(nil, full) = %d moves", got)
+		}
+	})
 }
 
 // FuzzParseAssignment: the parser never panics, and whatever it accepts
@@ -189,42 +241,59 @@ func FuzzParseNode(f *testing.F) {
 }
 
 func TestSettingsRoundTrip(t *testing.T) {
-	s := Settings{Drained: []string{"n3", "n1"}, Pins: map[bucket.Bucket]string{0x0a: "n2"}, AutoRebalance: true}
-	enc := s.Encode()
-	if string(enc) != `{"drained":["n1","n3"],"pins":{"0a":"n2"},"auto_rebalance":true}` {
-		t.Fatalf("Encode = %s", enc)
-	}
-	got, err := ParseSettings(enc)
-	if err != nil || !got.IsDrained("n3") || got.Pins[0x0a] != "n2" || !got.AutoRebalance {
-		t.Fatalf("ParseSettings = %+v, %v", got, err)
-	}
-	if empty := (Settings{}).Encode(); string(empty) != `{"drained":[],"pins":{},"auto_rebalance":false}` {
-		t.Errorf("empty = %s", empty)
-	}
-	for in, want := range map[string]string{
-		`[]`:                             "not a JSON settings object",
-		`{"drained":["a b"]}`:            `"drained"`,
-		`{"pins":{"zz":"n1"}}`:           `invalid bucket "zz"`,
-		`{"pins":{"0a":""}}`:             "bucket 0a: node id is empty",
-		`{"pins":{"0a":"n1","0A":"n2"}}`: "listed twice",
-		`{"auto_rebalance":"yes"}`:       "not a JSON settings object",
-	} {
-		if _, err := ParseSettings([]byte(in)); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("ParseSettings(%s) = %v; want %q", in, err, want)
+	t.Run("drains, pins and auto-rebalance", func(t *testing.T) {
+		s := Settings{Drained: []string{"n3", "n1"}, Pins: map[bucket.Bucket]string{0x0a: "n2"}, AutoRebalance: true}
+		enc := s.Encode()
+		if string(enc) != `{"drained":["n1","n3"],"pins":{"0a":"n2"},"auto_rebalance":true}` {
+			t.Fatalf("Encode = %s", enc)
 		}
+		got, err := ParseSettings(enc)
+		if err != nil || !got.IsDrained("n3") || got.Pins[0x0a] != "n2" || !got.AutoRebalance {
+			t.Fatalf("ParseSettings = %+v, %v", got, err)
+		}
+	})
+	t.Run("empty settings are written in full", func(t *testing.T) {
+		if empty := (Settings{}).Encode(); string(empty) != `{"drained":[],"pins":{},"auto_rebalance":false}` {
+			t.Errorf("empty = %s", empty)
+		}
+	})
+}
+
+func TestParseSettingsRejects(t *testing.T) {
+	cases := []struct {
+		name, in string
+		want     string // part of the error
+	}{
+		{"a JSON list", `[]`, "not a JSON settings object"},
+		{"invalid drained node id", `{"drained":["a b"]}`, `"drained"`},
+		{"pin of an invalid bucket", `{"pins":{"zz":"n1"}}`, `invalid bucket "zz"`},
+		{"pin to an empty node id", `{"pins":{"0a":""}}`, "bucket 0a: node id is empty"},
+		{"bucket pinned twice in two cases", `{"pins":{"0a":"n1","0A":"n2"}}`, "listed twice"},
+		{"auto_rebalance not a bool", `{"auto_rebalance":"yes"}`, "not a JSON settings object"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseSettings([]byte(tc.in)); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("ParseSettings(%s) = %v; want %q", tc.in, err, tc.want)
+			}
+		})
 	}
 }
 
 func TestSalvageAssignment(t *testing.T) {
-	a, problems := SalvageAssignment([]byte(`{"version":9,"buckets":{"00":"n1","01":"","zz":"n2","02":"n 3","03":"n2","0A":"n1","0a":"n2"}}`))
-	if a.Version != 9 || a.Owners[0] != "n1" || a.Owners[3] != "n2" || a.Owners[1] != "" || a.Owners[2] != "" || a.Owners[0x0a] != "" {
-		t.Fatalf("salvaged %+v", a.Owners[:11])
-	}
-	if len(problems) != 4 {
-		t.Fatalf("problems = %q", problems)
-	}
-	a, problems = SalvageAssignment([]byte(`garbage`))
-	if a.Version != 0 || len(a.Counts()) != 0 || len(problems) != 1 {
-		t.Fatalf("garbage: %+v %q", a, problems)
-	}
+	t.Run("keeps the valid buckets", func(t *testing.T) {
+		a, problems := SalvageAssignment([]byte(`{"version":9,"buckets":{"00":"n1","01":"","zz":"n2","02":"n 3","03":"n2","0A":"n1","0a":"n2"}}`))
+		if a.Version != 9 || a.Owners[0] != "n1" || a.Owners[3] != "n2" || a.Owners[1] != "" || a.Owners[2] != "" || a.Owners[0x0a] != "" {
+			t.Fatalf("salvaged %+v", a.Owners[:11])
+		}
+		if len(problems) != 4 {
+			t.Fatalf("problems = %q", problems)
+		}
+	})
+	t.Run("garbage gives an empty assignment", func(t *testing.T) {
+		a, problems := SalvageAssignment([]byte(`garbage`))
+		if a.Version != 0 || len(a.Counts()) != 0 || len(problems) != 1 {
+			t.Fatalf("garbage: %+v %q", a, problems)
+		}
+	})
 }

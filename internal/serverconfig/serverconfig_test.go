@@ -26,7 +26,8 @@ func TestDocumentedServerConfig(t *testing.T) {
 }
 
 func TestDocumentedProxyConfigAndLeniency(t *testing.T) {
-	in := `/* proxy node */
+	t.Run("proxy node with comments and trailing commas", func(t *testing.T) {
+		in := `/* proxy node */
 {
   "dtable_server": {"port": 5000, "note": "// not a comment", "q": "a\"//b"},
   "cluster_config": {
@@ -34,45 +35,55 @@ func TestDocumentedProxyConfigAndLeniency(t *testing.T) {
     "etcd_host": "ignored-when-list-given:2379",
   },
 }`
-	cfg, err := Parse("proxy.json", []byte(in))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(cfg.EtcdHostList, []string{"etcd-01.example.com:2379"}) || cfg.NodeID != "" {
-		t.Fatalf("parsed %+v", cfg)
-	}
-	old, err := Parse("old.json", []byte(`{"cluster_config": {"etcd_host": "etcd:2379"}}`))
-	if err != nil || !slices.Equal(old.EtcdHostList, []string{"etcd:2379"}) {
-		t.Fatalf("old single-host form: %+v %v", old, err)
-	}
+		cfg, err := Parse("proxy.json", []byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(cfg.EtcdHostList, []string{"etcd-01.example.com:2379"}) || cfg.NodeID != "" {
+			t.Fatalf("parsed %+v", cfg)
+		}
+	})
+	t.Run("old single-host form", func(t *testing.T) {
+		old, err := Parse("old.json", []byte(`{"cluster_config": {"etcd_host": "etcd:2379"}}`))
+		if err != nil || !slices.Equal(old.EtcdHostList, []string{"etcd:2379"}) {
+			t.Fatalf("old single-host form: %+v %v", old, err)
+		}
+	})
 }
 
 func TestErrorsNameFileLineAndProblem(t *testing.T) {
-	cases := []struct{ in, want string }{
-		{"", "c.json:1:1: invalid JSON: the file ends early"},
-		{"{\n  \"cluster_config\": {\n    \"node_id\": \"a\"\n  }\n", "c.json:5:1: invalid JSON: the file ends early"},
-		{"{\n  \"cluster_config\": {\n    \"node_id\": \"a\" \"node_url\": \"b\"\n  }\n}", "c.json:3:20: invalid JSON"},
-		{"{\n  \"cluster_config\": {\n    \"node_id\": 17\n  }\n}", `c.json:3:16: "node_id" must be a string, found 17`},
-		{"{\"cluster_config\": {\n\"etcd_host_list\": \"etcd:2379\"}}", `c.json:2:19: "etcd_host_list" must be a list of strings`},
-		{"{\"cluster_config\": {\"etcd_host\": [1]}}", `c.json:1:34: "etcd_host" must be a string`},
-		{"{\"cluster_config\": 3}", `c.json:1:20: "cluster_config" must be an object`},
-		{"{\"other\": 1}", `c.json: no "cluster_config" object`},
-		{"[1]", "c.json:1:1: the file must hold a JSON object"},
-		{"{\"cluster_config\": {}} {}", "more data after the top-level object"},
-		{"{\n/* open\n\"cluster_config\": {}}", "c.json:2:1: comment /* is never closed"},
-		{"{'cluster_config': {}}", "c.json:1:2: invalid JSON"},
+	cases := []struct {
+		name, in string
+		want     string // part of the error
+	}{
+		{"empty file", "", "c.json:1:1: invalid JSON: the file ends early"},
+		{"top-level object not closed", "{\n  \"cluster_config\": {\n    \"node_id\": \"a\"\n  }\n", "c.json:5:1: invalid JSON: the file ends early"},
+		{"missing comma", "{\n  \"cluster_config\": {\n    \"node_id\": \"a\" \"node_url\": \"b\"\n  }\n}", "c.json:3:20: invalid JSON"},
+		{"node_id a number", "{\n  \"cluster_config\": {\n    \"node_id\": 17\n  }\n}", `c.json:3:16: "node_id" must be a string, found 17`},
+		{"etcd_host_list a string", "{\"cluster_config\": {\n\"etcd_host_list\": \"etcd:2379\"}}", `c.json:2:19: "etcd_host_list" must be a list of strings`},
+		{"etcd_host a list", "{\"cluster_config\": {\"etcd_host\": [1]}}", `c.json:1:34: "etcd_host" must be a string`},
+		{"cluster_config a number", "{\"cluster_config\": 3}", `c.json:1:20: "cluster_config" must be an object`},
+		{"no cluster_config", "{\"other\": 1}", `c.json: no "cluster_config" object`},
+		{"top level a list", "[1]", "c.json:1:1: the file must hold a JSON object"},
+		{"data after the object", "{\"cluster_config\": {}} {}", "more data after the top-level object"},
+		{"unclosed block comment", "{\n/* open\n\"cluster_config\": {}}", "c.json:2:1: comment /* is never closed"},
+		{"single quotes", "{'cluster_config': {}}", "c.json:1:2: invalid JSON"},
 	}
-	for _, c := range cases {
-		_, err := Parse("c.json", []byte(c.in))
-		var ce *Error
-		if !errors.As(err, &ce) {
-			t.Errorf("Parse(%q) error = %v; want *Error", c.in, err)
-			continue
-		}
-		if !strings.Contains(err.Error(), c.want) {
-			t.Errorf("Parse(%q) error = %q; want it to contain %q", c.in, err, c.want)
-		}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("c.json", []byte(tc.in))
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("Parse(%q) error = %v; want *Error", tc.in, err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Parse(%q) error = %q; want it to contain %q", tc.in, err, tc.want)
+			}
+		})
 	}
+}
+
+func TestMissingFileIsNamed(t *testing.T) {
 	if _, err := Load("testdata/missing.json"); err == nil || !strings.Contains(err.Error(), "testdata/missing.json: cannot read") {
 		t.Errorf("missing file error = %v", err)
 	}

@@ -103,7 +103,7 @@ func New(cfg Config) *Watcher {
 }
 
 // Start runs the watch in the background until Stop. It does not wait for
-// etcd: use Ready or WaitReady for the first snapshot.
+// etcd: use WaitReady for the first snapshot (Snapshot is nil until then).
 func (w *Watcher) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel

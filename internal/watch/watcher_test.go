@@ -14,6 +14,7 @@ import (
 
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
 
 var layout, _ = schema.NewLayout("/test-cluster")
@@ -174,34 +175,87 @@ func TestCorruptValuesKeepLastGoodState(t *testing.T) {
 	defer sub.Close()
 	next(t, sub)
 
-	put(t, cli, layout.NodeKey("n1"), node("n1").Encode())
-	put(t, cli, layout.AssignmentKey(), assignment(4, "n1").Encode())
-	waitFor(t, sub, "valid assignment", func(s *Snapshot) bool { return s.Assignment != nil && s.AssignmentError == nil })
+	// Each case writes a good value (unless the key never had one), then a
+	// corrupt one, which is rejected while the last good state stays, then
+	// a valid one again, which clears the error. valid and rejected get the
+	// mod revision of the write they wait for.
+	cases := []struct {
+		name         string
+		key          string
+		good         []byte // nil: the key never had a valid value
+		corrupt, fix []byte
+		valid        func(s *Snapshot, rev int64) bool // the value at rev is in the snapshot, with no error
+		rejected     func(s *Snapshot, rev int64) bool // the corrupt value at rev was seen
+		keptLastGood func(s *Snapshot) bool
+	}{
+		{
+			name:    "assignment with an empty node id",
+			key:     layout.AssignmentKey(),
+			good:    assignment(4, "n1").Encode(),
+			corrupt: []byte(`{"version":5,"buckets":{"00":""}}`),
+			fix:     assignment(6, "n1").Encode(),
+			valid: func(s *Snapshot, rev int64) bool {
+				return s.AssignmentModRevision == rev && s.Assignment != nil && s.AssignmentError == nil
+			},
+			rejected: func(s *Snapshot, rev int64) bool { return s.AssignmentModRevision == rev },
+			keptLastGood: func(s *Snapshot) bool {
+				return s.Assignment != nil && s.Assignment.Version == 4 && strings.Contains(fmt.Sprint(s.AssignmentError), "empty node id")
+			},
+		},
+		{
+			name:         "node registration with an invalid node_url",
+			key:          layout.NodeKey("n1"),
+			good:         node("n1").Encode(),
+			corrupt:      []byte(`{"node_id":"n1","node_url":"nope"}`),
+			fix:          node("n1").Encode(),
+			valid:        func(s *Snapshot, _ int64) bool { return s.Nodes["n1"] == node("n1") && s.NodeErrors["n1"] == nil },
+			rejected:     func(s *Snapshot, _ int64) bool { return s.NodeErrors["n1"] != nil },
+			keptLastGood: func(s *Snapshot) bool { return s.Nodes["n1"] == node("n1") },
+		},
+		{
+			name:    "settings pinning an invalid bucket",
+			key:     layout.SettingsKey(),
+			good:    schema.Settings{Drained: []string{"n1"}}.Encode(),
+			corrupt: []byte(`{"pins":{"zz":"n1"}}`),
+			fix:     schema.Settings{Drained: []string{"n1"}}.Encode(),
+			valid: func(s *Snapshot, rev int64) bool {
+				return s.SettingsModRevision == rev && s.SettingsError == nil && s.Settings.IsDrained("n1")
+			},
+			rejected:     func(s *Snapshot, rev int64) bool { return s.SettingsModRevision == rev && s.SettingsError != nil },
+			keptLastGood: func(s *Snapshot) bool { return s.Settings.IsDrained("n1") },
+		},
+		{
+			name:     "new node that never had a valid value",
+			key:      layout.NodeKey("n9"),
+			corrupt:  []byte(`garbage`),
+			fix:      node("n9").Encode(),
+			valid:    func(s *Snapshot, _ int64) bool { return s.Nodes["n9"] == node("n9") && s.NodeErrors["n9"] == nil },
+			rejected: func(s *Snapshot, _ int64) bool { return s.NodeErrors["n9"] != nil },
+			keptLastGood: func(s *Snapshot) bool {
+				_, listed := s.Nodes["n9"]
+				return !listed
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.good != nil {
+				rev := put(t, cli, tc.key, tc.good)
+				waitFor(t, sub, "the good value", func(s *Snapshot) bool { return tc.valid(s, rev) })
+			}
+			rev := put(t, cli, tc.key, tc.corrupt)
+			s := waitFor(t, sub, "the corrupt value seen", func(s *Snapshot) bool { return tc.rejected(s, rev) })
+			if !tc.keptLastGood(s) {
+				t.Fatalf("the corrupt value replaced the last good state: %+v", s)
+			}
+			// A valid value clears the error.
+			rev = put(t, cli, tc.key, tc.fix)
+			waitFor(t, sub, "recovered", func(s *Snapshot) bool { return tc.valid(s, rev) })
+		})
+	}
 
-	corruptRev := put(t, cli, layout.AssignmentKey(), []byte(`{"version":5,"buckets":{"00":""}}`))
-	s = waitFor(t, sub, "corrupt assignment seen", func(s *Snapshot) bool { return s.AssignmentModRevision == corruptRev })
-	if s.Assignment == nil || s.Assignment.Version != 4 || !strings.Contains(fmt.Sprint(s.AssignmentError), "empty node id") {
-		t.Fatalf("corrupt value replaced the last good assignment: %+v", s)
-	}
-	put(t, cli, layout.NodeKey("n1"), []byte(`{"node_id":"n1","node_url":"nope"}`))
-	s = waitFor(t, sub, "corrupt node seen", func(s *Snapshot) bool { return s.NodeErrors["n1"] != nil })
-	if s.Nodes["n1"] != node("n1") {
-		t.Fatalf("corrupt node value replaced the last good one: %+v", s.Nodes)
-	}
-	settings := schema.Settings{Drained: []string{"n1"}}
-	put(t, cli, layout.SettingsKey(), settings.Encode())
-	waitFor(t, sub, "settings", func(s *Snapshot) bool { return s.Settings.IsDrained("n1") })
-	put(t, cli, layout.SettingsKey(), []byte(`{"pins":{"zz":"n1"}}`))
-	s = waitFor(t, sub, "corrupt settings", func(s *Snapshot) bool { return s.SettingsError != nil })
-	if !s.Settings.IsDrained("n1") {
-		t.Fatal("corrupt settings replaced the last good ones")
-	}
-	put(t, cli, layout.NodeKey("n9"), []byte(`garbage`))
-	s = waitFor(t, sub, "corrupt new node", func(s *Snapshot) bool { return s.NodeErrors["n9"] != nil })
-	if _, ok := s.Nodes["n9"]; ok {
-		t.Fatal("a node that never had a valid value is listed")
-	}
-	// The log names the key.
+	// The log names the key: two corrupt assignments, one corrupt value of
+	// each node, one of the settings.
 	found := 0
 	for _, e := range logs.All() {
 		k, _ := e.ContextMap()["key"].(string)
@@ -212,12 +266,7 @@ func TestCorruptValuesKeepLastGoodState(t *testing.T) {
 	if found < 4 || logs.FilterField(zap.String("key", layout.SettingsKey())).Len() != 1 {
 		t.Errorf("expected 5 error logs naming the keys, got %d: %v", found, logs.All())
 	}
-	// A valid value clears the error.
-	put(t, cli, layout.AssignmentKey(), assignment(6, "n1").Encode())
-	waitFor(t, sub, "recovered", func(s *Snapshot) bool {
-		return s.Assignment.Version == 6 && s.AssignmentError == nil
-	})
-	// The corrupt value also survives a re-list with the last good state kept.
+	// A fresh watcher over a corrupt value has no assignment and says why.
 	put(t, cli, layout.AssignmentKey(), []byte(`[]`))
 	w2 := startWatcher(t, cli, nil, nil)
 	if s := w2.Snapshot(); s.Assignment != nil || s.AssignmentError == nil {
@@ -273,14 +322,16 @@ func TestNoChangeMissedAcrossEtcdRestart(t *testing.T) {
 	defer sub.Close()
 	next(t, sub)
 
-	c.Stop(0)
-	deadline := time.Now().Add(10 * time.Second)
-	for w.Status().Connected {
-		if time.Now().After(deadline) {
-			t.Fatal("watcher still reports connected 10s after etcd stopped")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("watcher status: %+v", w.Status())
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	})
+
+	c.Stop(0)
+	testutil.Eventually(t, 10*time.Second, "the watcher reports disconnected after etcd stopped", func() bool {
+		return !w.Status().Connected
+	})
 	if s := w.Snapshot(); s.Assignment == nil || s.Assignment.Version != 1 {
 		t.Fatal("the last known state was lost during the outage")
 	}
@@ -300,13 +351,9 @@ func TestNoChangeMissedAcrossEtcdRestart(t *testing.T) {
 			t.Errorf("version %d was not seen after the restart", v)
 		}
 	}
-	deadline = time.Now().Add(10 * time.Second)
-	for !w.Status().Connected {
-		if time.Now().After(deadline) {
-			t.Fatalf("not connected after restart: %+v", w.Status())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, "the watcher reports connected after the restart", func() bool {
+		return w.Status().Connected
+	})
 }
 
 func TestThreeMemberClusterLosesAMember(t *testing.T) {
@@ -318,22 +365,29 @@ func TestThreeMemberClusterLosesAMember(t *testing.T) {
 	next(t, sub)
 	// Stop each member in turn, so whichever one the watcher is connected
 	// to goes away at some point; every change is still seen in order.
+	// A failed step leaves the versions out of step for the next ones, so
+	// the test stops there.
 	version := int64(0)
-	for i := range c.Members {
-		c.Stop(i)
-		c.WaitLeader(t)
-		for range 3 {
-			version++
-			put(t, cli, layout.AssignmentKey(), assignment(version, "n1").Encode())
-		}
-		want := version
-		for v := want - 2; v <= want; v++ {
-			s := waitFor(t, sub, fmt.Sprintf("version %d", v), func(s *Snapshot) bool { return s.Assignment != nil })
-			if s.Assignment.Version != v {
-				t.Fatalf("member %d down: got version %d, want %d", i, s.Assignment.Version, v)
+	for i, m := range c.Members {
+		ok := t.Run(m.Name+" stopped", func(t *testing.T) {
+			c.Stop(i)
+			c.WaitLeader(t)
+			for range 3 {
+				version++
+				put(t, cli, layout.AssignmentKey(), assignment(version, "n1").Encode())
 			}
+			want := version
+			for v := want - 2; v <= want; v++ {
+				s := waitFor(t, sub, fmt.Sprintf("version %d", v), func(s *Snapshot) bool { return s.Assignment != nil })
+				if s.Assignment.Version != v {
+					t.Fatalf("member %d down: got version %d, want %d", i, s.Assignment.Version, v)
+				}
+			}
+		})
+		if !ok {
+			return
 		}
-		c.Restart(i)
+		c.Restart(i) // here: Restart fails the test that started etcd
 		c.WaitLeader(t)
 	}
 }
