@@ -108,7 +108,7 @@ type planning struct {
 	eligible []string                 // live and undrained, sorted
 	pinned   map[bucket.Bucket]string // the pins that can be honoured
 	counts   map[string]int           // buckets per eligible node under plan.Owners
-	reasons  map[bucket.Bucket]string // why each bucket in the pool moves
+	reasons  map[bucket.Bucket]string // why each orphan or surplus bucket moves
 	plan     *Plan                    // starts as the current owners
 }
 
