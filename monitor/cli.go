@@ -23,94 +23,125 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
-// runCLI runs one operator command.
-func runCLI(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
-	var c common
-	fs := flag.NewFlagSet("monitor "+cmd, flag.ContinueOnError)
+// operatorFlags are the flags every command but the daemon takes, besides
+// the common ones.
+type operatorFlags struct {
+	timeout time.Duration
+	asJSON  bool
+}
+
+func (o *operatorFlags) addFlags(fs *flag.FlagSet) {
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for etcd and the leading monitor")
+	fs.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
+}
+
+// invocation is an operator command with its flags and arguments parsed
+// and checked, ready to run.
+type invocation struct {
+	cmd *command
+	c   common
+	operatorFlags
+	req monitorapi.Request // what to send, if cmd.op is set
+}
+
+// parse reads the flags (before or after the positional arguments), checks
+// the arguments against the table and builds the request.
+func (cmd *command) parse(args []string, stderr io.Writer) (*invocation, error) {
+	inv := &invocation{cmd: cmd}
+	fs := flag.NewFlagSet("monitor "+cmd.name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	c.addFlags(fs)
-	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for etcd and the leading monitor")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
-	dryRun := false
-	if cmd != "status" {
-		fs.BoolVar(&dryRun, "dry-run", false, "show the plan without changing anything")
+	inv.c.addFlags(fs)
+	inv.operatorFlags.addFlags(fs)
+	if cmd.dryRun {
+		fs.BoolVar(&inv.req.DryRun, "dry-run", false, "show the plan without changing anything")
 	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := c.finish(); err != nil {
-		return usage.Wrap(err)
+	if err := inv.c.finish(); err != nil {
+		return nil, usage.Wrap(err)
 	}
-	req := monitorapi.Request{DryRun: dryRun}
-	want := 0
-	switch cmd {
-	case "rebalance":
-		req.Op = monitorapi.OpRebalance
-	case "drain", "undrain":
-		req.Op, want = cmd, 1
-	case "pin":
-		req.Op, want = monitorapi.OpPin, 2
-	case "unpin":
-		req.Op, want = monitorapi.OpUnpin, 1
-	case "auto-rebalance":
-		req.Op, want = monitorapi.OpAutoRebalance, 1
+	if len(pos) != len(cmd.args) {
+		return nil, usage.Errorf("want %d argument(s), got %d: %q\n\n%s", len(cmd.args), len(pos), pos, usageText())
 	}
-	if len(pos) != want {
-		return usage.Errorf("want %d argument(s), got %d: %q\n\n%s", want, len(pos), pos, usageText)
-	}
-	switch cmd {
-	case "drain", "undrain":
-		req.Node = pos[0]
-	case "pin":
-		req.Bucket, req.Node = pos[0], pos[1]
-	case "unpin":
-		req.Bucket = pos[0]
-	case "auto-rebalance":
-		switch pos[0] {
-		case "on":
-			req.Enabled = true
-		case "off":
-		default:
-			return usage.Errorf("auto-rebalance: want on or off, got %q", pos[0])
+	if cmd.op != "" {
+		inv.req.Op = cmd.op
+		if cmd.fill != nil {
+			if err := cmd.fill(&inv.req, pos); err != nil {
+				return nil, err
+			}
 		}
 	}
-	if req.Bucket != "" {
-		b, err := bucket.Parse(req.Bucket)
-		if err != nil {
-			return usage.Wrap(err)
-		}
-		req.Bucket = b.String()
-	}
+	return inv, nil
+}
 
-	log, err := cliLogger(c, stderr)
+// run connects to etcd and reads it or sends the request, printing the
+// result.
+func (inv *invocation) run(ctx context.Context, stdout, stderr io.Writer) error {
+	log, err := cliLogger(inv.c, stderr)
 	if err != nil {
 		return err
 	}
-	cli, err := c.client(log)
+	cli, err := inv.c.client(log)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, inv.timeout)
 	defer cancel()
 
-	if cmd == "status" {
-		return status(ctx, c, cli, log, *asJSON, stdout)
+	if inv.cmd.read != nil {
+		return inv.cmd.read(ctx, inv.c, cli, log, inv.asJSON, stdout)
 	}
+	req := inv.req
 	host, _ := os.Hostname()
 	req.From = "monitor-cli@" + host
-	resp, err := monitorapi.Send(ctx, cli, c.layout, req)
+	resp, err := monitorapi.Send(ctx, cli, inv.c.layout, req)
 	if resp != nil {
-		if *asJSON {
+		if inv.asJSON {
 			enc := json.NewEncoder(stdout)
 			enc.SetIndent("", "  ")
 			enc.Encode(resp)
 		} else {
-			printResponse(stdout, resp)
+			printResponse(stdout, inv.cmd.name, resp)
 		}
 	}
 	return err
+}
+
+// fillNode: the one argument is the node.
+func fillNode(req *monitorapi.Request, args []string) error {
+	req.Node = args[0]
+	return nil
+}
+
+// fillPin: the bucket, then the node.
+func fillPin(req *monitorapi.Request, args []string) error {
+	req.Node = args[1]
+	return fillUnpin(req, args[:1])
+}
+
+// fillUnpin: the one argument is the bucket, in any case ("0A" or "0a").
+func fillUnpin(req *monitorapi.Request, args []string) error {
+	b, err := bucket.Parse(args[0])
+	if err != nil {
+		return usage.Wrap(err)
+	}
+	req.Bucket = b.String()
+	return nil
+}
+
+// fillOnOff: "on" or "off".
+func fillOnOff(req *monitorapi.Request, args []string) error {
+	switch args[0] {
+	case "on":
+		req.Enabled = true
+	case "off":
+	default:
+		return usage.Errorf("auto-rebalance: want on or off, got %q", args[0])
+	}
+	return nil
 }
 
 // cliLogger logs warnings and errors only, unless asked otherwise.
@@ -191,14 +222,11 @@ func listOrNone(l []string) string {
 	return strings.Join(l, ", ")
 }
 
-func printResponse(w io.Writer, r *monitorapi.Response) {
+// printResponse prints the leader's answer to the command called what.
+func printResponse(w io.Writer, what string, r *monitorapi.Response) {
 	if !r.OK {
 		return // the error says it
 	}
-	what := map[string]string{
-		monitorapi.OpRebalance: "rebalance", monitorapi.OpDrain: "drain", monitorapi.OpUndrain: "undrain",
-		monitorapi.OpPin: "pin", monitorapi.OpUnpin: "unpin", monitorapi.OpAutoRebalance: "auto-rebalance",
-	}[r.Op]
 	if r.DryRun {
 		fmt.Fprintf(w, "%s (dry run, nothing changed): %d move(s) planned on version %d\n", what, len(r.Moves), r.PreviousVersion)
 	} else if r.Version != r.PreviousVersion {

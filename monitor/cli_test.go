@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/statusview"
 )
@@ -18,22 +21,158 @@ func runCapture(args ...string) (string, string, int) {
 }
 
 func TestCLIUsageErrors(t *testing.T) {
-	cases := map[string][]string{
-		"want 1 argument(s), got 0":      {"drain", "-etcd", "127.0.0.1:1"},
-		`invalid bucket "zz"`:            {"pin", "zz", "n1", "-etcd", "127.0.0.1:1"},
-		"auto-rebalance: want on or off": {"auto-rebalance", "maybe", "-etcd", "127.0.0.1:1"},
-		`unknown command "frobnicate"`:   {"frobnicate"},
-		"flag -etcd: no etcd endpoints":  {"status"},
-		"flag provided but not defined":  {"status", "-dry-run", "-etcd", "127.0.0.1:1"},
-		"-session-ttl at least 1s":       {"run", "-etcd", "127.0.0.1:1", "-session-ttl", "10ms"},
-		"cannot read":                    {"status", "-config", "/nonexistent.json"},
-		"flag -prefix":                   {"rebalance", "-etcd", "127.0.0.1:1", "-prefix", "nope"},
+	const etcd = "-etcd=127.0.0.1:1"
+	cases := []struct {
+		name string
+		args []string
+		want string // in stderr; the exit code is 2
+	}{
+		{"drain without its node", []string{"drain", etcd}, "monitor drain: want 1 argument(s), got 0: []\n\nUsage:"},
+		{"pin with one argument", []string{"pin", "0a", etcd}, `monitor pin: want 2 argument(s), got 1: ["0a"]`},
+		{"pin with three arguments", []string{"pin", "0a", "n1", "n2", etcd}, `want 2 argument(s), got 3: ["0a" "n1" "n2"]`},
+		{"rebalance with an argument", []string{"rebalance", "n1", etcd}, `want 0 argument(s), got 1: ["n1"]`},
+		{"status with an argument", []string{"status", "n1", etcd}, `want 0 argument(s), got 1: ["n1"]`},
+		{"auto-rebalance without on or off", []string{"auto-rebalance", etcd}, "want 1 argument(s), got 0"},
+		{"run with an argument", []string{"run", "extra", etcd}, "monitor run: unexpected arguments: extra"},
+		{"invalid bucket", []string{"pin", "zz", "n1", etcd}, `invalid bucket "zz"`},
+		{"invalid bucket, flags first", []string{"unpin", etcd, "-dry-run", "zzz"}, `monitor unpin: invalid bucket "zzz"`},
+		{"auto-rebalance maybe", []string{"auto-rebalance", "maybe", etcd}, `monitor auto-rebalance: auto-rebalance: want on or off, got "maybe"`},
+		{"unknown command", []string{"frobnicate"}, "monitor frobnicate: unknown command \"frobnicate\"\n\nUsage:"},
+		{"no etcd endpoints", []string{"status"}, "flag -etcd: no etcd endpoints"},
+		{"no etcd endpoints comes before the arguments", []string{"drain"}, "monitor drain: flag -etcd: no etcd endpoints"},
+		{"status takes no -dry-run", []string{"status", "-dry-run", etcd}, "flag provided but not defined: -dry-run"},
+		{"run takes no -json", []string{"run", "-json", etcd}, "flag provided but not defined: -json"},
+		{"session-ttl below 1s", []string{"run", etcd, "-session-ttl", "10ms"}, "-session-ttl at least 1s"},
+		{"unreadable config", []string{"status", "-config", "/nonexistent.json"}, "cannot read"},
+		{"invalid prefix", []string{"rebalance", etcd, "-prefix", "nope"}, "flag -prefix"},
+		{"invalid log level", []string{"rebalance", etcd, "-log-level", "loud"}, "monitor rebalance: flag -log-level"},
 	}
-	for want, args := range cases {
-		_, stderr, code := runCapture(args...)
-		if code != 2 || !strings.Contains(stderr, want) {
-			t.Errorf("%q: exit %d, stderr %q; want exit 2 and %q", args, code, stderr, want)
-		}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := runCapture(tc.args...)
+			if code != 2 || !strings.Contains(stderr, tc.want) {
+				t.Errorf("%q: exit %d, stderr %q; want exit 2 and %q", tc.args, code, stderr, tc.want)
+			}
+		})
+	}
+}
+
+func TestCLIHelp(t *testing.T) {
+	cases := []struct {
+		name     string
+		args     []string
+		inStdout string // the usage text goes to stdout
+		inStderr string // a command's flags go to stderr
+	}{
+		{name: "help", args: []string{"help"}, inStdout: usageText()},
+		{name: "help ignores arguments", args: []string{"help", "drain"}, inStdout: usageText()},
+		{name: "the daemon's flags", args: []string{"-h"}, inStderr: "Usage of monitor run:"},
+		{name: "a command's flags", args: []string{"drain", "n1", "-h"}, inStderr: "Usage of monitor drain:"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			stdout, stderr, code := runCapture(tc.args...)
+			if code != 0 || !strings.Contains(stdout, tc.inStdout) || !strings.Contains(stderr, tc.inStderr) {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+			}
+			if tc.inStdout != "" && stdout != usageText() {
+				t.Fatalf("stdout is not exactly the usage text:\n%s", stdout)
+			}
+		})
+	}
+}
+
+// The usage text is made from the command table; this is what it says.
+func TestUsageText(t *testing.T) {
+	const want = `Usage:
+  monitor [run] [flags]                     run the daemon (several may run; one leads)
+  monitor status                            nodes, buckets per node, version, leader
+  monitor rebalance [-dry-run]              even out bucket counts with the fewest moves
+  monitor drain NODE [-dry-run]             move every bucket off NODE; it receives nothing
+  monitor undrain NODE [-dry-run]           let NODE receive buckets again
+  monitor pin BUCKET NODE [-dry-run]        keep BUCKET (00..ff) on NODE while it is live
+  monitor unpin BUCKET [-dry-run]           let BUCKET move again
+  monitor auto-rebalance on|off [-dry-run]  rebalance on every change (off: only on request)
+Every command takes -cacert, -cert, -config, -etcd, -key, -log-json, -log-level, -password, -prefix, -user.
+Every command but run also takes -json, -timeout.
+Run "monitor COMMAND -h" for a command's flags.
+`
+	if got := usageText(); got != want {
+		t.Fatalf("usage text:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestCommandTableRowsAreWellFormed(t *testing.T) {
+	seen := map[string]bool{}
+	for _, cmd := range commands {
+		t.Run(cmd.name, func(t *testing.T) {
+			if seen[cmd.name] || cmd.name == "help" {
+				t.Fatalf("name %q used twice (help is taken by the usage text)", cmd.name)
+			}
+			seen[cmd.name] = true
+			ways := 0
+			for _, set := range []bool{cmd.daemon != nil, cmd.read != nil, cmd.op != ""} {
+				if set {
+					ways++
+				}
+			}
+			if ways != 1 {
+				t.Fatalf("%d ways to run; want exactly one of daemon, read and op", ways)
+			}
+			if (cmd.fill != nil) != (len(cmd.args) > 0) || (cmd.fill != nil && cmd.op == "") {
+				t.Fatalf("a request with arguments needs fill, and fill only a request with arguments")
+			}
+			if cmd.daemon != nil && (len(cmd.args) > 0 || cmd.dryRun) {
+				t.Fatal("the daemon parses its own flags and arguments")
+			}
+		})
+	}
+}
+
+// parse builds each command's request from its arguments, flags before or
+// after them.
+func TestCommandParse(t *testing.T) {
+	const etcd = "-etcd=127.0.0.1:1"
+	cases := []struct {
+		name   string
+		args   []string // command name first
+		want   monitorapi.Request
+		asJSON bool
+	}{
+		{name: "status", args: []string{"status", etcd}},
+		{name: "status -json", args: []string{"status", "-json", etcd}, asJSON: true},
+		{name: "rebalance", args: []string{"rebalance", etcd}, want: monitorapi.Request{Op: monitorapi.OpRebalance}},
+		{name: "rebalance -dry-run -json", args: []string{"rebalance", "-dry-run", "-json", etcd},
+			want: monitorapi.Request{Op: monitorapi.OpRebalance, DryRun: true}, asJSON: true},
+		{name: "drain, flag after", args: []string{"drain", "n1", "-dry-run", etcd},
+			want: monitorapi.Request{Op: monitorapi.OpDrain, Node: "n1", DryRun: true}},
+		{name: "drain, flag before", args: []string{"drain", "-dry-run", etcd, "n1"},
+			want: monitorapi.Request{Op: monitorapi.OpDrain, Node: "n1", DryRun: true}},
+		{name: "undrain", args: []string{"undrain", "n2", etcd}, want: monitorapi.Request{Op: monitorapi.OpUndrain, Node: "n2"}},
+		{name: "pin, bucket in upper case", args: []string{"pin", "0A", "n1", etcd},
+			want: monitorapi.Request{Op: monitorapi.OpPin, Bucket: "0a", Node: "n1"}},
+		{name: "pin, flags between", args: []string{"pin", "ff", etcd, "-dry-run", "n3"},
+			want: monitorapi.Request{Op: monitorapi.OpPin, Bucket: "ff", Node: "n3", DryRun: true}},
+		{name: "unpin", args: []string{"unpin", "07", etcd}, want: monitorapi.Request{Op: monitorapi.OpUnpin, Bucket: "07"}},
+		{name: "auto-rebalance on", args: []string{"auto-rebalance", "on", etcd},
+			want: monitorapi.Request{Op: monitorapi.OpAutoRebalance, Enabled: true}},
+		{name: "auto-rebalance off", args: []string{"auto-rebalance", etcd, "off"},
+			want: monitorapi.Request{Op: monitorapi.OpAutoRebalance}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := lookup(tc.args[0])
+			inv, err := cmd.parse(tc.args[1:], io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if inv.req != tc.want || inv.asJSON != tc.asJSON || inv.timeout != 10*time.Second {
+				t.Fatalf("request %+v, json %v, timeout %v; want %+v, json %v, 10s", inv.req, inv.asJSON, inv.timeout, tc.want, tc.asJSON)
+			}
+			if got := inv.c.etcd.Endpoints; len(got) != 1 || got[0] != "127.0.0.1:1" {
+				t.Fatalf("endpoints %q", got)
+			}
+		})
 	}
 }
 

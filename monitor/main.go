@@ -1,14 +1,11 @@
 // Command monitor decides which live dtable-server owns each of the 256
 // buckets and writes that to etcd. Run without a command (or with "run") it
 // is the daemon; several may run, one leads. The other commands are the
-// operator's CLI, which reaches the leading monitor through etcd:
+// operator's CLI, which reaches the leading monitor through etcd (status
+// only reads etcd).
 //
-//	monitor [run] [flags]                 run the daemon
-//	monitor status [-json]                nodes, buckets per node, version, leader
-//	monitor rebalance [-dry-run]          even out bucket counts with the fewest moves
-//	monitor drain NODE / undrain NODE     move every bucket off a node / allow it again
-//	monitor pin BUCKET NODE / unpin BUCKET
-//	monitor auto-rebalance on|off         rebalance on every change (off by default)
+// Every command, with its arguments, flags and what it does, is one row of
+// the table commands; "monitor help" prints the usage text made from it.
 //
 // Exit codes: 0 success, 1 failure (e.g. no monitor answered), 2 usage.
 package main
@@ -30,6 +27,7 @@ import (
 
 	"github.com/dtablecluster/dtable-router/internal/etcdclient"
 	"github.com/dtablecluster/dtable-router/internal/logging"
+	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/serverconfig"
 	"github.com/dtablecluster/dtable-router/internal/usage"
@@ -85,43 +83,135 @@ func (c *common) client(log *zap.Logger) (*clientv3.Client, error) {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	cmd := "run"
+	name := defaultCommand
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		cmd, args = args[0], args[1:]
+		name, args = args[0], args[1:]
+	}
+	if name == "help" {
+		fmt.Fprint(stdout, usageText())
+		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	var err error
-	switch cmd {
-	case "run":
-		err = runDaemon(ctx, args, stderr)
-	case "status", "rebalance", "drain", "undrain", "pin", "unpin", "auto-rebalance":
-		err = runCLI(ctx, cmd, args, stdout, stderr)
-	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usageText)
-		return 0
-	default:
-		err = usage.Errorf("unknown command %q\n\n%s", cmd, usageText)
-	}
+	err := runCommand(ctx, name, args, stdout, stderr)
 	code := usage.ExitCode(err)
 	if code != 0 {
-		fmt.Fprintf(stderr, "monitor %s: %v\n", cmd, err)
+		fmt.Fprintf(stderr, "monitor %s: %v\n", name, err)
 	}
 	return code
 }
 
-const usageText = `Usage:
-  monitor [run] [flags]                 run the daemon (several may run; one leads)
-  monitor status [-json]                nodes, buckets per node, version, leader
-  monitor rebalance [-dry-run]          even out bucket counts with the fewest moves
-  monitor drain NODE [-dry-run]         move every bucket off NODE; it receives nothing
-  monitor undrain NODE [-dry-run]       let NODE receive buckets again
-  monitor pin BUCKET NODE [-dry-run]    keep BUCKET (00..ff) on NODE while it is live
-  monitor unpin BUCKET [-dry-run]
-  monitor auto-rebalance on|off         rebalance on every change (off: only on request)
-Every command takes -etcd, -config, -prefix, -cacert, -cert, -key, -user, -password.
-Run "monitor COMMAND -h" for a command's flags.
-`
+// defaultCommand runs when the arguments name no command.
+const defaultCommand = "run"
+
+// command is one row of the command table: its name, its arguments and
+// flags (from which the usage text is made), and how it runs.
+type command struct {
+	name    string
+	args    []string // positional arguments, named as in the usage line; exactly these many
+	summary string   // what it does, for the usage text
+	dryRun  bool     // takes -dry-run: show the plan, change nothing
+
+	// How it runs: exactly one of daemon, read and op is set.
+	//
+	// daemon parses its own flags and arguments and runs until ctx ends.
+	daemon func(ctx context.Context, args []string, stderr io.Writer) error
+	// read runs here against etcd (it needs no monitor). It and op get the
+	// common flags, -timeout and -json.
+	read func(ctx context.Context, c common, cli *clientv3.Client, log *zap.Logger, asJSON bool, stdout io.Writer) error
+	// op is the operation of the request sent to the leading monitor;
+	// fill, if set, completes the request from the arguments.
+	op   string
+	fill func(req *monitorapi.Request, args []string) error
+}
+
+// commands is the command table.
+var commands = []command{
+	{name: "run", daemon: runDaemon,
+		summary: "run the daemon (several may run; one leads)"},
+	{name: "status", read: status,
+		summary: "nodes, buckets per node, version, leader"},
+	{name: "rebalance", op: monitorapi.OpRebalance, dryRun: true,
+		summary: "even out bucket counts with the fewest moves"},
+	{name: "drain", args: []string{"NODE"}, op: monitorapi.OpDrain, fill: fillNode, dryRun: true,
+		summary: "move every bucket off NODE; it receives nothing"},
+	{name: "undrain", args: []string{"NODE"}, op: monitorapi.OpUndrain, fill: fillNode, dryRun: true,
+		summary: "let NODE receive buckets again"},
+	{name: "pin", args: []string{"BUCKET", "NODE"}, op: monitorapi.OpPin, fill: fillPin, dryRun: true,
+		summary: "keep BUCKET (00..ff) on NODE while it is live"},
+	{name: "unpin", args: []string{"BUCKET"}, op: monitorapi.OpUnpin, fill: fillUnpin, dryRun: true,
+		summary: "let BUCKET move again"},
+	{name: "auto-rebalance", args: []string{"on|off"}, op: monitorapi.OpAutoRebalance, fill: fillOnOff, dryRun: true,
+		summary: "rebalance on every change (off: only on request)"},
+}
+
+// lookup returns the command called name, or nil.
+func lookup(name string) *command {
+	for i := range commands {
+		if commands[i].name == name {
+			return &commands[i]
+		}
+	}
+	return nil
+}
+
+// runCommand runs the command called name with its arguments.
+func runCommand(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
+	cmd := lookup(name)
+	switch {
+	case cmd == nil:
+		return usage.Errorf("unknown command %q\n\n%s", name, usageText())
+	case cmd.daemon != nil:
+		return cmd.daemon(ctx, args, stderr)
+	}
+	inv, err := cmd.parse(args, stderr)
+	if err != nil {
+		return err
+	}
+	return inv.run(ctx, stdout, stderr)
+}
+
+// synopsis is the command's usage line without its summary.
+func (cmd *command) synopsis() string {
+	words := []string{"monitor", cmd.name}
+	if cmd.name == defaultCommand {
+		words[1] = "[" + cmd.name + "]"
+	}
+	words = append(words, cmd.args...)
+	if cmd.daemon != nil {
+		words = append(words, "[flags]")
+	}
+	if cmd.dryRun {
+		words = append(words, "[-dry-run]")
+	}
+	return strings.Join(words, " ")
+}
+
+// usageText lists every command of the table, then the flags they share.
+func usageText() string {
+	width := 0
+	for _, cmd := range commands {
+		width = max(width, len(cmd.synopsis()))
+	}
+	var b strings.Builder
+	b.WriteString("Usage:\n")
+	for _, cmd := range commands {
+		fmt.Fprintf(&b, "  %-*s  %s\n", width, cmd.synopsis(), cmd.summary)
+	}
+	fmt.Fprintf(&b, "Every command takes %s.\n", flagNames(new(common).addFlags))
+	fmt.Fprintf(&b, "Every command but %s also takes %s.\n", defaultCommand, flagNames(new(operatorFlags).addFlags))
+	b.WriteString(`Run "monitor COMMAND -h" for a command's flags.` + "\n")
+	return b.String()
+}
+
+// flagNames lists the flags that add defines: "-a, -b".
+func flagNames(add func(*flag.FlagSet)) string {
+	fs := flag.NewFlagSet("", flag.ContinueOnError)
+	add(fs)
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) { names = append(names, "-"+f.Name) })
+	return strings.Join(names, ", ")
+}
 
 // parseInterleaved parses flags that may come before or after the
 // positional arguments ("drain n1 -dry-run"), returning the positionals.

@@ -20,6 +20,7 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
@@ -110,26 +111,26 @@ func getAssignment(t *testing.T, cli *clientv3.Client) *schema.Assignment {
 	return a
 }
 
-// waitAssignment polls until a valid assignment satisfies cond (an
-// invalid value counts as "not yet").
+// waitAssignment waits until a valid assignment satisfies cond (an
+// invalid value counts as "not yet") and returns it and how long it took.
 func waitAssignment(t *testing.T, cli *clientv3.Client, what string, cond func(*schema.Assignment) bool) (*schema.Assignment, time.Duration) {
 	t.Helper()
-	start := time.Now()
-	for {
-		resp, err := cli.Get(ctxT(t), layout.AssignmentKey())
+	ctx := ctxT(t)
+	var found *schema.Assignment
+	took := testutil.Eventually(t, 15*time.Second, what, func() bool {
+		resp, err := cli.Get(ctx, layout.AssignmentKey())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(resp.Kvs) > 0 {
 			if a, err := schema.ParseAssignment(resp.Kvs[0].Value); err == nil && cond(a) {
-				return a, time.Since(start)
+				found = a
+				return true
 			}
 		}
-		if time.Since(start) > 15*time.Second {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return false
+	})
+	return found, took
 }
 
 func countsAre(a *schema.Assignment, want map[string]int) bool {
@@ -336,16 +337,11 @@ func TestTwoMonitorsOnlyTheLeaderWritesAndTheOtherTakesOver(t *testing.T) {
 
 	// The leader dies without resigning: mon-b takes over once its session expires.
 	a.crash()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if l, _ := monitorapi.Leader(ctxT(t), cli, layout); l == "mon-b" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("mon-b did not take over within 10s")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	ctx := ctxT(t)
+	testutil.Eventually(t, 10*time.Second, "mon-b takes over", func() bool {
+		l, _ := monitorapi.Leader(ctx, cli, layout)
+		return l == "mon-b"
+	})
 	cli.Revoke(ctxT(t), leases["n2"])
 	final, _ := waitAssignment(t, cli, "n2 gone", func(x *schema.Assignment) bool { return x.Version == 3 })
 	if len(final.Owned("n3")) != 256 {
@@ -397,10 +393,13 @@ func TestDeposedLeaderCannotWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap2, _ := w.WaitReady(ctx)
-	for snap2.AssignmentModRevision == snap.AssignmentModRevision {
-		time.Sleep(10 * time.Millisecond)
+	testutil.Eventually(t, 10*time.Second, "the watcher sees the leader's write", func() bool {
+		if snap2.AssignmentModRevision != snap.AssignmentModRevision {
+			return true
+		}
 		snap2 = w.Snapshot()
-	}
+		return false
+	})
 	b := a.Clone()
 	b.Version, b.Owners[1] = 2, "n1"
 	if _, err := m.write(ctx, l, snap2, b, nil, nil); !errors.Is(err, errNotLeader) {

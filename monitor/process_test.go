@@ -17,6 +17,7 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
 
 // TestMain lets the test binary run as the monitor itself, so the process
@@ -192,18 +193,12 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	}
 }
 
-// waitRegistered polls until the node's registration is in etcd.
+// waitRegistered waits until the node's registration is in etcd.
 func waitRegistered(t *testing.T, cli *clientv3.Client, id string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := cli.Get(ctxT(t), layout.NodeKey(id))
-		if err == nil && len(resp.Kvs) == 1 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not registered within 10s", id)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	ctx := ctxT(t)
+	testutil.Eventually(t, 10*time.Second, id+" registered", func() bool {
+		resp, err := cli.Get(ctx, layout.NodeKey(id))
+		return err == nil && len(resp.Kvs) == 1
+	})
 }

@@ -12,6 +12,21 @@
 //   - Rebalance (on request, or on every run with auto-rebalance): bucket
 //     counts end up as even as pins allow (spread ≤ 1 without pins) with the
 //     fewest possible moves.
+//
+// Compute runs these steps, each a method of planning, in this order:
+//
+//  0. newPlanning: the eligible nodes (live, undrained) and how many buckets
+//     each holds now. With none, the plan is the current owners and
+//     ErrNoEligibleNode.
+//  1. honourablePins, applyPins: a pin to an eligible node moves its bucket
+//     there; any other pin is only a warning.
+//  2. orphans: the buckets without an eligible owner, with the reason each
+//     must move (unassigned, node gone, drained).
+//  3. reconcile: each orphan to the node with the fewest buckets; or, when
+//     rebalancing, rebalance: targets (as even as pins allow), each node's
+//     surplus over its target (surplus) joins the orphans in a pool, and
+//     each pooled bucket goes to the node furthest below its target.
+//  4. The moves are sorted by bucket.
 package planner
 
 import (
@@ -68,139 +83,198 @@ func (p *Plan) Counts() map[string]int { return (&schema.Assignment{Owners: p.Ow
 // Compute makes a plan. With no eligible node it returns the current owners
 // unchanged and ErrNoEligibleNode.
 func Compute(in Input) (*Plan, error) {
-	p := &Plan{}
+	pl := newPlanning(in)
+	if len(pl.eligible) == 0 {
+		return pl.plan, ErrNoEligibleNode
+	}
+	pl.honourablePins()
+	pl.applyPins()
+	orphans := pl.orphans()
+	if in.Rebalance {
+		pl.rebalance(orphans)
+	} else {
+		pl.reconcile(orphans)
+	}
+	pl.plan.sortMoves()
+	return pl.plan, nil
+}
+
+// planning is one run of Compute: the input, what it implies, and the plan
+// as the steps build it.
+type planning struct {
+	in       Input
+	live     map[string]bool
+	drained  map[string]bool
+	eligible []string                 // live and undrained, sorted
+	pinned   map[bucket.Bucket]string // the pins that can be honoured
+	counts   map[string]int           // buckets per eligible node under plan.Owners
+	reasons  map[bucket.Bucket]string // why each orphan or surplus bucket moves
+	plan     *Plan                    // starts as the current owners
+}
+
+// newPlanning starts from the current owners and counts what each eligible
+// node holds.
+func newPlanning(in Input) *planning {
+	pl := &planning{in: in, live: map[string]bool{}, drained: map[string]bool{},
+		counts: map[string]int{}, reasons: map[bucket.Bucket]string{}, plan: &Plan{}}
 	if in.Current != nil {
-		p.Owners = in.Current.Owners
+		pl.plan.Owners = in.Current.Owners
 	}
-	live := map[string]bool{}
 	for _, n := range in.Live {
-		live[n] = true
+		pl.live[n] = true
 	}
-	drained := map[string]bool{}
 	for _, n := range in.Settings.Drained {
-		drained[n] = true
+		pl.drained[n] = true
 	}
-	var eligible []string
-	for n := range live {
-		if !drained[n] {
-			eligible = append(eligible, n)
+	for n := range pl.live {
+		if !pl.drained[n] {
+			pl.eligible = append(pl.eligible, n)
+			pl.counts[n] = 0
 		}
 	}
-	slices.Sort(eligible)
-	if len(eligible) == 0 {
-		return p, ErrNoEligibleNode
+	slices.Sort(pl.eligible)
+	for _, n := range pl.plan.Owners {
+		if pl.isEligible(n) {
+			pl.counts[n]++
+		}
 	}
-	isEligible := func(n string) bool { return n != "" && live[n] && !drained[n] }
+	return pl
+}
 
-	// Pins that can be honoured: to a live, undrained node.
-	pinned := map[bucket.Bucket]string{}
-	for _, b := range slices.Sorted(maps.Keys(in.Settings.Pins)) {
-		n := in.Settings.Pins[b]
+// isEligible reports whether n may own buckets: live and undrained.
+func (pl *planning) isEligible(n string) bool { return n != "" && pl.live[n] && !pl.drained[n] }
+
+// honourablePins keeps the pins to a live, undrained node; each other pin
+// becomes a warning.
+func (pl *planning) honourablePins() {
+	pl.pinned = map[bucket.Bucket]string{}
+	for _, b := range slices.Sorted(maps.Keys(pl.in.Settings.Pins)) {
+		n := pl.in.Settings.Pins[b]
 		switch {
-		case !live[n]:
-			p.Warnings = append(p.Warnings, fmt.Sprintf("bucket %s is pinned to %s, which is not registered: pin ignored", b, n))
-		case drained[n]:
-			p.Warnings = append(p.Warnings, fmt.Sprintf("bucket %s is pinned to %s, which is drained: pin ignored", b, n))
+		case !pl.live[n]:
+			pl.warnf("bucket %s is pinned to %s, which is not registered: pin ignored", b, n)
+		case pl.drained[n]:
+			pl.warnf("bucket %s is pinned to %s, which is drained: pin ignored", b, n)
 		default:
-			pinned[b] = n
+			pl.pinned[b] = n
 		}
 	}
+}
 
-	counts := map[string]int{}
-	for _, n := range eligible {
-		counts[n] = 0
-	}
-	for _, n := range p.Owners {
-		if isEligible(n) {
-			counts[n]++
-		}
-	}
-	move := func(b bucket.Bucket, to, reason string) {
-		from := p.Owners[b]
-		if isEligible(from) {
-			counts[from]--
-		}
-		counts[to]++
-		p.Owners[b] = to
-		p.Moves = append(p.Moves, schema.Move{Bucket: b, From: from, To: to, Reason: reason})
-	}
+func (pl *planning) warnf(format string, args ...any) {
+	pl.plan.Warnings = append(pl.plan.Warnings, fmt.Sprintf(format, args...))
+}
 
-	// 1. Pinned buckets go to their node.
-	for _, b := range slices.Sorted(maps.Keys(pinned)) {
-		if p.Owners[b] != pinned[b] {
-			move(b, pinned[b], ReasonPinned)
+// applyPins moves each pinned bucket to its node (step 1).
+func (pl *planning) applyPins() {
+	for _, b := range slices.Sorted(maps.Keys(pl.pinned)) {
+		if pl.plan.Owners[b] != pl.pinned[b] {
+			pl.move(b, pl.pinned[b], ReasonPinned)
 		}
 	}
-	// 2. Buckets without an eligible owner: these must move.
+}
+
+// orphans returns the buckets without an eligible owner, which must move
+// (step 2), and records why.
+func (pl *planning) orphans() []bucket.Bucket {
 	var orphans []bucket.Bucket
-	reasons := map[bucket.Bucket]string{}
-	for b := range bucket.Count {
-		n := p.Owners[b]
+	for b, n := range pl.plan.Owners {
+		var reason string
 		switch {
 		case n == "":
-			reasons[bucket.Bucket(b)] = ReasonUnassigned
-		case !live[n]:
-			reasons[bucket.Bucket(b)] = ReasonNodeGone
-		case drained[n]:
-			reasons[bucket.Bucket(b)] = ReasonDrained
+			reason = ReasonUnassigned
+		case !pl.live[n]:
+			reason = ReasonNodeGone
+		case pl.drained[n]:
+			reason = ReasonDrained
 		default:
 			continue
 		}
+		pl.reasons[bucket.Bucket(b)] = reason
 		orphans = append(orphans, bucket.Bucket(b))
 	}
+	return orphans
+}
 
-	if !in.Rebalance {
-		for _, b := range orphans {
-			move(b, fewest(eligible, counts), reasons[b])
+// reconcile moves each orphan to the eligible node with the fewest buckets
+// (step 3, the routine run).
+func (pl *planning) reconcile(orphans []bucket.Bucket) {
+	for _, b := range orphans {
+		pl.move(b, fewest(pl.eligible, pl.counts), pl.reasons[b])
+	}
+}
+
+// move gives bucket b to node to, keeping the counts and listing the move.
+func (pl *planning) move(b bucket.Bucket, to, reason string) {
+	from := pl.plan.Owners[b]
+	if pl.isEligible(from) {
+		pl.counts[from]--
+	}
+	pl.counts[to]++
+	pl.plan.Owners[b] = to
+	pl.plan.Moves = append(pl.plan.Moves, schema.Move{Bucket: b, From: from, To: to, Reason: reason})
+}
+
+// rebalance (step 3 when asked to even out counts) gives each node a target
+// as even as pins allow, the larger targets to the nodes that already hold
+// the most, so the surplus (the buckets that must leave a node) is as small
+// as it can be. The orphans and the surplus form a pool; each pooled bucket
+// goes to the node furthest below its target.
+func (pl *planning) rebalance(orphans []bucket.Bucket) {
+	target := targets(pl.eligible, pl.counts, pl.pinCounts())
+	pool := append(orphans, pl.surplus(target)...)
+	slices.Sort(pool)
+	for _, b := range pool {
+		if pl.isEligible(pl.plan.Owners[b]) {
+			pl.counts[pl.plan.Owners[b]]-- // leaves now; counted again at its new home
+			pl.plan.Owners[b] = ""
 		}
-		p.sortMoves()
-		return p, nil
 	}
+	for _, b := range pool {
+		to := mostBelowTarget(pl.eligible, pl.counts, target)
+		pl.counts[to]++
+		pl.plan.Owners[b] = to
+		if from := pl.currentOwner(b); from != to {
+			pl.plan.Moves = append(pl.plan.Moves, schema.Move{Bucket: b, From: from, To: to, Reason: pl.reasons[b]})
+		}
+	}
+}
 
-	// 3. Rebalance: targets as even as pins allow, the larger targets given
-	// to the nodes that already hold the most, so the surplus (the buckets
-	// that must leave a node) is as small as it can be.
-	pinCount := map[string]int{}
-	for _, n := range pinned {
-		pinCount[n]++
+// pinCounts returns how many honoured pins each node has.
+func (pl *planning) pinCounts() map[string]int {
+	c := map[string]int{}
+	for _, n := range pl.pinned {
+		c[n]++
 	}
-	target := targets(eligible, counts, pinCount)
-	pool := orphans
-	for _, n := range eligible {
-		surplus := counts[n] - target[n]
-		// Give up the highest-numbered movable buckets first (any choice
-		// moves the same number; this one is deterministic).
-		for b := bucket.Count - 1; b >= 0 && surplus > 0; b-- {
-			if p.Owners[b] == n {
-				if _, isPinned := pinned[bucket.Bucket(b)]; !isPinned {
-					pool = append(pool, bucket.Bucket(b))
-					reasons[bucket.Bucket(b)] = ReasonRebalance
-					surplus--
-				}
+	return c
+}
+
+// surplus picks, on each node above its target, as many unpinned buckets as
+// it holds too many, marked ReasonRebalance. It gives up the
+// highest-numbered buckets first (any choice moves the same number; this
+// one is deterministic).
+func (pl *planning) surplus(target map[string]int) []bucket.Bucket {
+	var out []bucket.Bucket
+	for _, n := range pl.eligible {
+		extra := pl.counts[n] - target[n]
+		for b := bucket.Count - 1; b >= 0 && extra > 0; b-- {
+			_, isPinned := pl.pinned[bucket.Bucket(b)]
+			if pl.plan.Owners[b] == n && !isPinned {
+				out = append(out, bucket.Bucket(b))
+				pl.reasons[bucket.Bucket(b)] = ReasonRebalance
+				extra--
 			}
 		}
 	}
-	slices.Sort(pool)
-	for _, b := range pool {
-		if isEligible(p.Owners[b]) {
-			counts[p.Owners[b]]-- // leaves now; counted again at its new home
-			p.Owners[b] = ""
-		}
+	return out
+}
+
+// currentOwner is b's owner in the input ("" if none).
+func (pl *planning) currentOwner(b bucket.Bucket) string {
+	if pl.in.Current == nil {
+		return ""
 	}
-	for _, b := range pool {
-		to := mostBelowTarget(eligible, counts, target)
-		from := ""
-		if in.Current != nil {
-			from = in.Current.Owners[b]
-		}
-		counts[to]++
-		p.Owners[b] = to
-		if from != to {
-			p.Moves = append(p.Moves, schema.Move{Bucket: b, From: from, To: to, Reason: reasons[b]})
-		}
-	}
-	p.sortMoves()
-	return p, nil
+	return pl.in.Current.Owners[b]
 }
 
 // targets returns each eligible node's bucket count after a rebalance: as

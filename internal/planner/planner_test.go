@@ -42,27 +42,31 @@ func mustCompute(t *testing.T, in Input) *Plan {
 
 func TestFreshAssignmentIsEven(t *testing.T) {
 	for n := 1; n <= 40; n++ {
-		live := nodes(n)
-		p := mustCompute(t, Input{Live: live})
-		c := p.Counts()
-		for _, id := range live {
-			if c[id] != bucket.Count/n && c[id] != (bucket.Count+n-1)/n {
-				t.Fatalf("%d nodes: %s has %d buckets", n, id, c[id])
+		t.Run(fmt.Sprintf("%d nodes", n), func(t *testing.T) {
+			live := nodes(n)
+			p := mustCompute(t, Input{Live: live})
+			c := p.Counts()
+			for _, id := range live {
+				if c[id] != bucket.Count/n && c[id] != (bucket.Count+n-1)/n {
+					t.Fatalf("%s has %d buckets", id, c[id])
+				}
 			}
-		}
-		if len(p.Moves) != bucket.Count {
-			t.Fatalf("%d nodes: %d moves", n, len(p.Moves))
-		}
-		for _, m := range p.Moves {
-			if m.Reason != ReasonUnassigned || m.From != "" {
-				t.Fatalf("move %+v", m)
+			if len(p.Moves) != bucket.Count {
+				t.Fatalf("%d moves", len(p.Moves))
 			}
+			for _, m := range p.Moves {
+				if m.Reason != ReasonUnassigned || m.From != "" {
+					t.Fatalf("move %+v", m)
+				}
+			}
+		})
+	}
+	t.Run("3 nodes: the extra bucket goes to the lowest id", func(t *testing.T) {
+		p := mustCompute(t, Input{Live: nodes(3)})
+		if c := p.Counts(); c["n01"] != 86 || c["n02"] != 85 || c["n03"] != 85 {
+			t.Fatalf("%v; want 86/85/85", c)
 		}
-	}
-	p := mustCompute(t, Input{Live: nodes(3)})
-	if c := p.Counts(); c["n01"] != 86 || c["n02"] != 85 || c["n03"] != 85 {
-		t.Fatalf("3 nodes: %v; want 86/85/85", c)
-	}
+	})
 }
 
 func TestNodeGoneMovesOnlyItsBuckets(t *testing.T) {
@@ -87,26 +91,45 @@ func TestNodeGoneMovesOnlyItsBuckets(t *testing.T) {
 }
 
 func TestNodeJoinMovesNothingUnlessAutoRebalance(t *testing.T) {
-	start := mustCompute(t, Input{Live: nodes(2)})
-	p := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3)})
-	if p.Changed() {
-		t.Fatalf("a joining node moved %d buckets", len(p.Moves))
+	start := mustCompute(t, Input{Live: nodes(2)}) // 128/128; n03 joins
+	cases := []struct {
+		name      string
+		in        Input
+		wantMoves int
+		wantEven  bool // spread ≤ 1 over the three nodes
+	}{
+		{name: "reconcile", in: Input{Current: asAssignment(start.Owners), Live: nodes(3)}, wantMoves: 0},
+		{name: "auto-rebalance", in: Input{Current: asAssignment(start.Owners), Live: nodes(3),
+			Settings: schema.Settings{AutoRebalance: true}, Rebalance: true}, wantMoves: 85, wantEven: true},
 	}
-	p = mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: schema.Settings{AutoRebalance: true}, Rebalance: true})
-	if c := p.Counts(); spread(c, nodes(3)) > 1 || len(p.Moves) != 85 {
-		t.Fatalf("rebalance onto a new node: %v, %d moves; want 85", c, len(p.Moves))
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := mustCompute(t, tc.in)
+			c := p.Counts()
+			if len(p.Moves) != tc.wantMoves || (tc.wantEven && spread(c, nodes(3)) > 1) {
+				t.Fatalf("a joining node: %v, %d moves; want %d moves, even %v", c, len(p.Moves), tc.wantMoves, tc.wantEven)
+			}
+		})
 	}
 }
 
-func TestNoLiveNodeLeavesAssignmentAlone(t *testing.T) {
+func TestNoEligibleNodeLeavesAssignmentAlone(t *testing.T) {
 	start := mustCompute(t, Input{Live: nodes(2)})
-	p, err := Compute(Input{Current: asAssignment(start.Owners), Live: nil})
-	if !errors.Is(err, ErrNoEligibleNode) || p.Owners != start.Owners || p.Changed() {
-		t.Fatalf("no live node: %v, changed %v", err, p.Changed())
+	cases := []struct {
+		name    string
+		live    []string
+		drained []string
+	}{
+		{name: "no live node"},
+		{name: "every live node drained", live: []string{"n01"}, drained: []string{"n01"}},
 	}
-	_, err = Compute(Input{Current: asAssignment(start.Owners), Live: []string{"n01"}, Settings: schema.Settings{Drained: []string{"n01"}}})
-	if !errors.Is(err, ErrNoEligibleNode) {
-		t.Fatalf("all drained: %v", err)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := Compute(Input{Current: asAssignment(start.Owners), Live: tc.live, Settings: schema.Settings{Drained: tc.drained}})
+			if !errors.Is(err, ErrNoEligibleNode) || p.Owners != start.Owners || p.Changed() {
+				t.Fatalf("err %v, owners kept %v, changed %v", err, p.Owners == start.Owners, p.Changed())
+			}
+		})
 	}
 }
 
@@ -134,23 +157,26 @@ func TestDrainMovesOnlyTheDrainedNodesBuckets(t *testing.T) {
 
 func TestPins(t *testing.T) {
 	start := mustCompute(t, Input{Live: nodes(3)})
-	pins := map[bucket.Bucket]string{0x00: "n03", 0x01: "n09", 0x02: "n02"} // 00 is n01's; n09 is not live
-	p := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: schema.Settings{Pins: pins, Drained: []string{"n02"}}})
-	if p.Owners[0x00] != "n03" {
-		t.Fatalf("pin not honoured: 00 -> %s", p.Owners[0x00])
-	}
-	if p.Owners[0x02] == "n02" || len(p.Warnings) != 2 {
-		t.Fatalf("pin to a drained or dead node: owner %s, warnings %q", p.Owners[0x02], p.Warnings)
-	}
-	// Rebalance keeps pins where they are.
-	heavy := map[bucket.Bucket]string{}
-	for b := range 200 {
-		heavy[bucket.Bucket(b)] = "n01"
-	}
-	r := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: schema.Settings{Pins: heavy}, Rebalance: true})
-	if c := r.Counts(); c["n01"] != 200 || c["n02"] != 28 || c["n03"] != 28 {
-		t.Fatalf("rebalance with 200 pins on n01: %v; want 200/28/28", c)
-	}
+	t.Run("honoured only to a live, undrained node", func(t *testing.T) {
+		pins := map[bucket.Bucket]string{0x00: "n03", 0x01: "n09", 0x02: "n02"} // 00 is n01's; n09 is not live
+		p := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: schema.Settings{Pins: pins, Drained: []string{"n02"}}})
+		if p.Owners[0x00] != "n03" {
+			t.Fatalf("pin not honoured: 00 -> %s", p.Owners[0x00])
+		}
+		if p.Owners[0x02] == "n02" || len(p.Warnings) != 2 {
+			t.Fatalf("pin to a drained or dead node: owner %s, warnings %q", p.Owners[0x02], p.Warnings)
+		}
+	})
+	t.Run("rebalance keeps 200 pins on n01", func(t *testing.T) {
+		heavy := map[bucket.Bucket]string{}
+		for b := range 200 {
+			heavy[bucket.Bucket(b)] = "n01"
+		}
+		r := mustCompute(t, Input{Current: asAssignment(start.Owners), Live: nodes(3), Settings: schema.Settings{Pins: heavy}, Rebalance: true})
+		if c := r.Counts(); c["n01"] != 200 || c["n02"] != 28 || c["n03"] != 28 {
+			t.Fatalf("%v; want 200/28/28", c)
+		}
+	})
 }
 
 // minimalRebalanceMoves computes, by brute force over every choice of the
@@ -254,7 +280,19 @@ func eligibleOf(in Input) []string {
 	return e
 }
 
-func checkCommon(t *testing.T, i int, in Input, p *Plan) {
+// forRandomClusters runs check on n random clusters, each a subtest named
+// by its number, and stops at the first that fails.
+func forRandomClusters(t *testing.T, seed1, seed2 uint64, n int, withSettings bool, check func(t *testing.T, in Input)) {
+	rng := rand.New(rand.NewPCG(seed1, seed2))
+	for i := range n {
+		in := randomCluster(rng, withSettings)
+		if !t.Run(fmt.Sprintf("case %d", i), func(t *testing.T) { check(t, in) }) {
+			return
+		}
+	}
+}
+
+func checkCommon(t *testing.T, in Input, p *Plan) {
 	t.Helper()
 	eligible := eligibleOf(in)
 	var cur [bucket.Count]string
@@ -264,7 +302,7 @@ func checkCommon(t *testing.T, i int, in Input, p *Plan) {
 	// Every bucket has exactly one eligible owner.
 	for b, n := range p.Owners {
 		if !slices.Contains(eligible, n) {
-			t.Fatalf("case %d: bucket %02x owned by %q, not an eligible node %v", i, b, n, eligible)
+			t.Fatalf("bucket %02x owned by %q, not an eligible node %v", b, n, eligible)
 		}
 	}
 	// Moves are exactly the changed buckets, with the right From.
@@ -275,17 +313,17 @@ func checkCommon(t *testing.T, i int, in Input, p *Plan) {
 		}
 	}
 	if changed != len(p.Moves) {
-		t.Fatalf("case %d: %d buckets changed but %d moves listed", i, changed, len(p.Moves))
+		t.Fatalf("%d buckets changed but %d moves listed", changed, len(p.Moves))
 	}
 	for _, m := range p.Moves {
 		if m.From != cur[m.Bucket] || m.To != p.Owners[m.Bucket] || m.From == m.To {
-			t.Fatalf("case %d: move %+v inconsistent", i, m)
+			t.Fatalf("move %+v inconsistent", m)
 		}
 	}
 	// Honourable pins hold.
 	for b, n := range in.Settings.Pins {
 		if slices.Contains(eligible, n) && p.Owners[b] != n {
-			t.Fatalf("case %d: pin %s -> %s not honoured", i, b, n)
+			t.Fatalf("pin %s -> %s not honoured", b, n)
 		}
 	}
 	// Same input, live nodes in another order: same output.
@@ -294,68 +332,62 @@ func checkCommon(t *testing.T, i int, in Input, p *Plan) {
 	slices.Reverse(again.Live)
 	q, _ := Compute(again)
 	if q.Owners != p.Owners || len(q.Moves) != len(p.Moves) {
-		t.Fatalf("case %d: not deterministic", i)
+		t.Fatal("not deterministic")
 	}
 }
 
 func TestPropertyReconcileMovesOnlyWhatMust(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	for i := range 5000 {
-		in := randomCluster(rng, true)
+	forRandomClusters(t, 1, 2, 5000, true, func(t *testing.T, in Input) {
 		p, err := Compute(in)
 		if err != nil {
-			t.Fatalf("case %d: %v", i, err)
+			t.Fatal(err)
 		}
-		checkCommon(t, i, in, p)
+		checkCommon(t, in, p)
 		eligible := eligibleOf(in)
 		for _, m := range p.Moves {
 			pinnedHere := in.Settings.Pins[m.Bucket] == m.To && slices.Contains(eligible, m.To)
 			if slices.Contains(eligible, m.From) && !pinnedHere {
-				t.Fatalf("case %d: moved bucket %s away from eligible %s without a pin (%+v)", i, m.Bucket, m.From, m)
+				t.Fatalf("moved bucket %s away from eligible %s without a pin (%+v)", m.Bucket, m.From, m)
 			}
 		}
-	}
+	})
 }
 
 func TestPropertyRebalanceIsEvenWithMinimalMoves(t *testing.T) {
-	rng := rand.New(rand.NewPCG(3, 4))
-	for i := range 5000 {
-		in := randomCluster(rng, false)
+	forRandomClusters(t, 3, 4, 5000, false, func(t *testing.T, in Input) {
 		in.Rebalance = true
 		p, err := Compute(in)
 		if err != nil {
-			t.Fatalf("case %d: %v", i, err)
+			t.Fatal(err)
 		}
-		checkCommon(t, i, in, p)
+		checkCommon(t, in, p)
 		eligible := eligibleOf(in)
 		if s := spread(p.Counts(), eligible); s > 1 {
-			t.Fatalf("case %d: spread %d after rebalance: %v", i, s, p.Counts())
+			t.Fatalf("spread %d after rebalance: %v", s, p.Counts())
 		}
 		var cur [bucket.Count]string
 		if in.Current != nil {
 			cur = in.Current.Owners
 		}
 		if want := minimalRebalanceMoves(cur, eligible); len(p.Moves) != want {
-			t.Fatalf("case %d: %d moves; the minimum is %d", i, len(p.Moves), want)
+			t.Fatalf("%d moves; the minimum is %d", len(p.Moves), want)
 		}
 		// Rebalancing a balanced assignment moves nothing.
 		q, _ := Compute(Input{Current: asAssignment(p.Owners), Live: in.Live, Rebalance: true})
 		if q.Changed() {
-			t.Fatalf("case %d: rebalancing a balanced assignment moved %d buckets", i, len(q.Moves))
+			t.Fatalf("rebalancing a balanced assignment moved %d buckets", len(q.Moves))
 		}
-	}
+	})
 }
 
 func TestPropertyRebalanceWithSettings(t *testing.T) {
-	rng := rand.New(rand.NewPCG(5, 6))
-	for i := range 3000 {
-		in := randomCluster(rng, true)
+	forRandomClusters(t, 5, 6, 3000, true, func(t *testing.T, in Input) {
 		in.Rebalance = true
 		p, err := Compute(in)
 		if err != nil {
-			t.Fatalf("case %d: %v", i, err)
+			t.Fatal(err)
 		}
-		checkCommon(t, i, in, p)
+		checkCommon(t, in, p)
 		// Nodes not weighed down by pins are within 1 of each other.
 		pinCount := map[string]int{}
 		for b, n := range in.Settings.Pins {
@@ -371,7 +403,7 @@ func TestPropertyRebalanceWithSettings(t *testing.T) {
 			}
 		}
 		if s := spread(counts, free); s > 1 {
-			t.Fatalf("case %d: spread %d among nodes not full of pins: %v (pins %v)", i, s, counts, pinCount)
+			t.Fatalf("spread %d among nodes not full of pins: %v (pins %v)", s, counts, pinCount)
 		}
-	}
+	})
 }
