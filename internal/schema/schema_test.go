@@ -209,6 +209,7 @@ func FuzzParseAssignment(f *testing.F) {
 	f.Add([]byte(`{"version":1,"buckets":{"0A":"n1"}}`))
 	f.Add([]byte(`{"version":-1,"buckets":null}`))
 	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"version":12,"buckets":{"0b":"n1","0c":"n1"},"epochs":{"0b":3,"0c":4},"moving":{"0c":{"from":"n1","to":"n2","epoch":12,"since":"2026-11-21T10:00:00Z"}},"queued":{"0b":{"to":"n3"}}}`))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		a, err := ParseAssignment(in)
 		if err != nil {
@@ -218,7 +219,7 @@ func FuzzParseAssignment(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-parse of %s failed: %v", a.Encode(), err)
 		}
-		if b.Version != a.Version || b.Owners != a.Owners || len(b.Extra) != len(a.Extra) {
+		if b.Version != a.Version || b.Owners != a.Owners || b.Epochs != a.Epochs || len(b.Moving) != len(a.Moving) || len(b.Queued) != len(a.Queued) || len(b.Extra) != len(a.Extra) {
 			t.Fatalf("round trip changed %s", in)
 		}
 	})
