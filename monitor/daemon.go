@@ -9,6 +9,8 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
@@ -27,14 +29,26 @@ type monitor struct {
 	sessionTTL int // seconds: how long a dead leader blocks a new one
 	log        *zap.Logger
 
+	// limits throttle handoffs and bound how long a release may take;
+	// cooldownFor is how long a bucket rests after an aborted handoff.
+	limits      handoff.Limits
+	cooldownFor time.Duration
+
 	// state kept across leaderships, touched only by the run goroutine
 	firstNodesSeen time.Time
 	noNodesLogged  bool
+	cooldown       map[bucket.Bucket]time.Time // bucket -> no new handoff before
 }
 
 // run campaigns and leads until ctx ends, starting over after losing a
 // session or leadership.
 func (m *monitor) run(ctx context.Context) error {
+	if m.limits == (handoff.Limits{}) {
+		m.limits = handoff.DefaultLimits
+	}
+	if m.cooldown == nil {
+		m.cooldown = map[bucket.Bucket]time.Time{}
+	}
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		err := m.campaignAndLead(ctx)

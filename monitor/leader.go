@@ -38,12 +38,14 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 	requests := m.watchRequests(ctx)
 	ticker := time.NewTicker(m.interval)
 	defer ticker.Stop()
-	var settle <-chan time.Time
-
+	// wake runs a round when nothing else would: the settle wait before a
+	// first assignment, a handoff timeout, the end of a cooldown.
+	var wake <-chan time.Time
+	var wakeAt time.Time
 	step := func(snap *watch.Snapshot) error {
 		wait, err := m.reconcile(ctx, l, snap)
-		if wait > 0 && settle == nil {
-			settle = time.After(wait)
+		if at := time.Now().Add(wait); wait > 0 && (wake == nil || at.Before(wakeAt)) {
+			wake, wakeAt = time.After(wait), at
 		}
 		return err
 	}
@@ -60,8 +62,8 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 				continue // from before our own last write
 			}
 			err = step(snap)
-		case <-settle:
-			settle = nil
+		case <-wake:
+			wake = nil
 			err = step(m.watcher.Snapshot())
 		case <-ticker.C:
 			if err = step(m.watcher.Snapshot()); err == nil {
@@ -151,34 +153,28 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 			return wait, nil
 		}
 	}
-	plan, err := planner.Compute(planner.Input{Current: cur, Live: live, Settings: snap.Settings, Rebalance: snap.Settings.AutoRebalance})
+	d, err := m.decide(snap, cur, snap.Settings, snap.Settings.AutoRebalance, repair)
 	if errors.Is(err, planner.ErrNoEligibleNode) {
-		m.log.Error("every live node is drained: the assignment is left as it is", zap.Strings("live", live))
+		m.log.Error("every live node is drained or leaving: the assignment is left as it is", zap.Strings("live", live))
 		return 0, nil
 	}
-	if !plan.Changed() && !repair {
-		return 0, nil
-	}
-	next := nextAssignment(cur, plan, m.id)
-	rev, err := m.write(ctx, l, snap, next, nil, nil)
 	if err != nil {
 		return 0, err
 	}
-	m.logChange("assignment updated", cur, next, plan, rev, repair)
-	return 0, nil
-}
-
-// nextAssignment builds the assignment to write: the plan's owners, the
-// version after cur's, cur's extra fields, and who wrote it when.
-func nextAssignment(cur *schema.Assignment, plan *planner.Plan, by string) *schema.Assignment {
-	next := &schema.Assignment{Version: 1, Owners: plan.Owners, Extra: map[string]json.RawMessage{}}
-	if cur != nil {
-		next.Version = cur.Version + 1
-		maps.Copy(next.Extra, cur.Clone().Extra)
+	if d.next == nil {
+		if len(d.deleteReleased) > 0 { // stale acknowledgements only
+			_, err = m.write(ctx, l, snap, nil, nil, d.deleteReleased)
+		}
+		return m.nextWake(cur), err
 	}
-	next.Extra["updated_by"], _ = json.Marshal(by)
-	next.Extra["updated_at"], _ = json.Marshal(time.Now().UTC().Format(time.RFC3339))
-	return next
+	rev, err := m.write(ctx, l, snap, d.next, nil, d.deleteReleased)
+	if err != nil {
+		return 0, err
+	}
+	m.afterWrite(d)
+	m.logChange("assignment updated", cur, d.next, d.plan, rev, repair)
+	m.logStep(d)
+	return m.nextWake(d.next), nil
 }
 
 func (m *monitor) logChange(msg string, cur, next *schema.Assignment, plan *planner.Plan, rev int64, repair bool) {
@@ -297,18 +293,16 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		if (req.Op == monitorapi.OpDrain || req.Op == monitorapi.OpPin) && !slices.Contains(live, req.Node) {
 			resp.Warnings = append(resp.Warnings, fmt.Sprintf("node %s is not registered now", req.Node))
 		}
-		plan, err := planner.Compute(planner.Input{Current: cur, Live: live, Settings: settings,
-			Rebalance: req.Op == monitorapi.OpRebalance || settings.AutoRebalance})
+		d, err := m.decide(snap, cur, settings, req.Op == monitorapi.OpRebalance || settings.AutoRebalance, repair)
 		if err != nil {
 			resp.Error = fmt.Sprintf("%v: the assignment is left as it is", err)
 			log.Warn("request refused", zap.String("error", resp.Error))
 			return m.respond(ctx, l, key, id, nil, resp, nil, nil)
 		}
+		plan := d.plan
 		describe(resp, plan)
-		var next *schema.Assignment
-		if plan.Changed() || repair {
-			next = nextAssignment(cur, plan, m.id)
-		}
+		describeHandoff(resp, d, m.limits)
+		next := d.next
 		var newSettings *schema.Settings
 		if changedSettings {
 			newSettings = &settings
@@ -319,14 +313,20 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 			resp.Version = next.Version
 		}
 		resp.OK = true
-		err = m.respond(ctx, l, key, id, snap, resp, next, newSettings)
+		var consume []clientv3.Op
+		if !req.DryRun {
+			consume = d.deleteReleased
+		}
+		err = m.respond(ctx, l, key, id, snap, resp, next, newSettings, consume...)
 		if errors.Is(err, errStale) && attempt < 5 {
 			continue // plan again on the newer state
 		}
 		if err == nil {
 			log.Info("request done", zap.Int("moves", len(resp.Moves)), zap.Int64("version", resp.Version))
 			if next != nil {
+				m.afterWrite(d)
 				m.logChange("assignment updated by request", cur, next, plan, l.lastWrite, repair)
+				m.logStep(d)
 			}
 		}
 		return err
@@ -386,7 +386,7 @@ func movesPerNode(moves []schema.Move) map[string]monitorapi.NodeMoves {
 // fenced transaction. With snap nil (an answer that changes nothing and
 // was not planned, e.g. a refusal) only leadership is checked.
 func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string, snap *watch.Snapshot,
-	resp *monitorapi.Response, next *schema.Assignment, settings *schema.Settings) error {
+	resp *monitorapi.Response, next *schema.Assignment, settings *schema.Settings, more ...clientv3.Op) error {
 	resp.ID, resp.Leader = id, m.id
 	body, _ := json.Marshal(resp)
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -399,6 +399,7 @@ func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string,
 		clientv3.OpPut(m.layout.ResponsesPrefix()+id, string(body), clientv3.WithLease(lease.ID)),
 		clientv3.OpDelete(reqKey),
 	}
+	ops = append(ops, more...)
 	_, err = m.write(ctx, l, snap, next, settings, ops)
 	return err
 }

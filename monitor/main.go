@@ -25,7 +25,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/etcdclient"
+	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/logging"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
@@ -243,6 +245,11 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	interval := fs.Duration("interval", 10*time.Second, "periodic reconcile, besides reacting to every change")
 	settle := fs.Duration("settle", 5*time.Second, "before the very first assignment, wait this long after the first node registers")
 	sessionTTL := fs.Duration("session-ttl", 10*time.Second, "leader lease: how long a dead leader blocks the next one")
+	limits := handoff.DefaultLimits
+	fs.DurationVar(&limits.Timeout, "handoff-timeout", limits.Timeout, "how long a live old owner may take to release a bucket before the move is aborted")
+	fs.IntVar(&limits.MaxMoving, "max-moving", limits.MaxMoving, "most handoffs in progress in the cluster")
+	fs.IntVar(&limits.MaxMovingPerNode, "max-moving-per-node", limits.MaxMovingPerNode, "most handoffs in progress per node (as source or target)")
+	cooldown := fs.Duration("handoff-cooldown", 2*time.Minute, "after an aborted handoff, how long the bucket rests before it is tried again")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -255,6 +262,9 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if *interval <= 0 || *settle < 0 || *sessionTTL < time.Second {
 		return usage.Errorf("-interval must be positive, -settle not negative, -session-ttl at least 1s")
+	}
+	if limits.Timeout <= 0 || limits.MaxMoving < 1 || limits.MaxMovingPerNode < 1 || *cooldown < 0 {
+		return usage.Errorf("-handoff-timeout must be positive, -max-moving and -max-moving-per-node at least 1, -handoff-cooldown not negative")
 	}
 	log, err := logging.New(c.logLevel, c.logJSON, stderr)
 	if err != nil {
@@ -272,6 +282,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	m := &monitor{
 		cli: cli, layout: c.layout, watcher: w, id: *id, interval: *interval, settle: *settle,
 		sessionTTL: int((*sessionTTL + time.Second - 1) / time.Second), log: log.With(zap.String("monitor", *id)),
+		limits: limits, cooldownFor: *cooldown, cooldown: map[bucket.Bucket]time.Time{},
 	}
 	m.log.Info("monitor starting", zap.Strings("etcd", c.etcd.Endpoints), zap.String("prefix", c.layout.Prefix))
 	return m.run(ctx)

@@ -55,7 +55,7 @@ type testMonitor struct {
 }
 
 // startMonitor runs a monitor with its own client and watcher.
-func startMonitor(t *testing.T, c *etcdtest.Etcd, id string, log *zap.Logger) *testMonitor {
+func startMonitor(t *testing.T, c *etcdtest.Etcd, id string, log *zap.Logger, opts ...func(*monitor)) *testMonitor {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -69,6 +69,9 @@ func startMonitor(t *testing.T, c *etcdtest.Etcd, id string, log *zap.Logger) *t
 	tm := &testMonitor{cli: cli, done: make(chan struct{})}
 	tm.m = &monitor{cli: cli, layout: layout, watcher: w, id: id, interval: 200 * time.Millisecond,
 		settle: 0, sessionTTL: 2, log: log.With(zap.String("monitor", id))}
+	for _, o := range opts {
+		o(tm.m)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tm.cancel = cancel
 	go func() {
@@ -203,14 +206,21 @@ func TestMonitorLifecycle(t *testing.T) {
 	if !dry.DryRun || len(dry.Moves) != 85 || dry.Version != 2 || getAssignment(t, cli).Version != 2 {
 		t.Fatalf("dry run: %d moves, version %d", len(dry.Moves), dry.Version)
 	}
-	// Rebalance: 85/85/86 with the minimal 85 moves (128-85 + 128-86 = 43 + 42).
+	// Rebalance: 85/85/86 with the minimal 85 moves (128-85 + 128-86 =
+	// 43 + 42), each a handoff the servers acknowledge, in waves of at
+	// most 8 into n2: 11 waves.
+	ack := startAcker(t, cli)
 	resp, err := monitorapi.Send(ctx, cli, layout, monitorapi.Request{Op: monitorapi.OpRebalance})
 	if err != nil {
 		t.Fatal(err)
 	}
-	third := getAssignment(t, cli)
-	if resp.Version != 3 || third.Version != 3 || len(resp.Moves) != 85 || len(schema.Diff(second, third)) != 85 {
-		t.Fatalf("rebalance: version %d, %d moves, diff %d", resp.Version, len(resp.Moves), len(schema.Diff(second, third)))
+	if resp.Version != 3 || len(resp.Moves) != 85 || len(resp.Started) != 8 || len(resp.Queued) != 77 || resp.Waves != 11 {
+		t.Fatalf("rebalance: version %d, %d moves, %d started, %d queued, %d waves", resp.Version, len(resp.Moves), len(resp.Started), len(resp.Queued), resp.Waves)
+	}
+	third, took := waitAssignment(t, cli, "rebalance done", settled)
+	t.Logf("rebalance of 85 buckets in waves took %v, version %d", took, third.Version)
+	if d := schema.Diff(second, third); len(d) != 85 || ack.count() != 85 {
+		t.Fatalf("rebalance: diff %d, %d acknowledgements", len(d), ack.count())
 	}
 	if c := third.Counts(); max(c["n1"], c["n2"], c["n3"])-min(c["n1"], c["n2"], c["n3"]) > 1 {
 		t.Fatalf("after rebalance: %v", c)
@@ -220,7 +230,7 @@ func TestMonitorLifecycle(t *testing.T) {
 	}
 	// A second rebalance has nothing to do.
 	again, err := monitorapi.Send(ctx, cli, layout, monitorapi.Request{Op: monitorapi.OpRebalance})
-	if err != nil || len(again.Moves) != 0 || again.Version != 3 {
+	if err != nil || len(again.Moves) != 0 || again.Version != third.Version {
 		t.Fatalf("second rebalance: %+v %v", again, err)
 	}
 
@@ -230,7 +240,7 @@ func TestMonitorLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second)
-	if a := getAssignment(t, cli); a.Version != 3 || a.Owners != third.Owners {
+	if a := getAssignment(t, cli); a.Version != third.Version || a.Owners != third.Owners {
 		t.Fatalf("assignment changed with no live node: version %d", a.Version)
 	}
 }
@@ -244,12 +254,13 @@ func TestDrainPinAndUndrainRequests(t *testing.T) {
 	startMonitor(t, c, "mon-a", nil)
 	start, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
 	ctx := ctxT(t)
+	startAcker(t, cli)
 
 	resp, err := monitorapi.Send(ctx, cli, layout, monitorapi.Request{Op: monitorapi.OpDrain, Node: "n1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	drained := getAssignment(t, cli)
+	drained, _ := waitAssignment(t, cli, "drain done", func(a *schema.Assignment) bool { return settled(a) && len(a.Owned("n1")) == 0 })
 	if len(drained.Owned("n1")) != 0 || len(resp.Moves) != 64 || len(schema.Diff(start, drained)) != 64 {
 		t.Fatalf("drain: n1 keeps %d, %d moves", len(drained.Owned("n1")), len(resp.Moves))
 	}
@@ -264,6 +275,7 @@ func TestDrainPinAndUndrainRequests(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	waitAssignment(t, cli, "drains done", func(a *schema.Assignment) bool { return settled(a) && len(a.Owned("n4")) == 256 })
 	_, err = monitorapi.Send(ctx, cli, layout, monitorapi.Request{Op: monitorapi.OpDrain, Node: "n4"})
 	if err == nil || !strings.Contains(err.Error(), "no live, undrained node") {
 		t.Fatalf("draining the last node: %v", err)
@@ -282,11 +294,12 @@ func TestDrainPinAndUndrainRequests(t *testing.T) {
 	if err != nil || len(r.Moves) != 1 || r.Moves[0].Bucket.String() != "0a" || r.Moves[0].To != "n2" {
 		t.Fatalf("pin: %+v %v", r, err)
 	}
+	waitAssignment(t, cli, "pin done", func(a *schema.Assignment) bool { return settled(a) && a.Owners[0x0a] == "n2" })
 	// A rebalance keeps the pin.
 	if _, err := monitorapi.Send(ctx, cli, layout, monitorapi.Request{Op: monitorapi.OpRebalance}); err != nil {
 		t.Fatal(err)
 	}
-	if a := getAssignment(t, cli); a.Owners[0x0a] != "n2" || !countsAre(a, map[string]int{"n1": 64, "n2": 64, "n3": 64, "n4": 64}) {
+	if a, _ := waitAssignment(t, cli, "rebalance done", settled); a.Owners[0x0a] != "n2" || !countsAre(a, map[string]int{"n1": 64, "n2": 64, "n3": 64, "n4": 64}) {
 		t.Fatalf("rebalance with a pin: 0a on %s, counts %v", a.Owners[0x0a], a.Counts())
 	}
 	r, err = monitorapi.Send(ctx, cli, layout, monitorapi.Request{Op: monitorapi.OpUnpin, Bucket: "0a"})

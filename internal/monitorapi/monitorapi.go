@@ -72,6 +72,16 @@ type Response struct {
 	MovesPerNode    map[string]NodeMoves `json:"moves_per_node"`
 	Counts          map[string]int       `json:"counts"` // buckets per node after
 	Warnings        []string             `json:"warnings,omitempty"`
+	// How the moves proceed (every move from a live node is a handoff):
+	// Direct moves had no live old owner and are done; Started ones are
+	// handing off now; Queued ones wait for a slot under the throttle;
+	// Waves estimates how many rounds of handoffs that takes. A caller
+	// that waits watches <prefix>/assignment until the buckets of Started
+	// and Queued are no longer moving or queued.
+	Direct  []schema.Move `json:"direct,omitempty"`
+	Started []schema.Move `json:"started,omitempty"`
+	Queued  []schema.Move `json:"queued,omitempty"`
+	Waves   int           `json:"waves,omitempty"`
 }
 
 // ErrNoMonitor: no monitor answered in time.
