@@ -9,6 +9,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
+	"github.com/dtablecluster/dtable-router/internal/leases"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
@@ -61,12 +62,7 @@ func (m *monitor) campaignAndLead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("etcd session: %w", err)
 	}
-	defer func() {
-		sess.Orphan()
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_, _ = m.cli.Revoke(rctx, sess.Lease())
-	}()
+	defer leases.Release(sess, m.log)
 	// Campaign does not return by itself when the session dies: tie its
 	// context to the session.
 	lctx, cancel := context.WithCancel(ctx)
