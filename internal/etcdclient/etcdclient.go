@@ -122,6 +122,18 @@ func SplitEndpoints(s string) []string {
 
 // Validate checks the endpoints and that TLS files come in usable sets.
 func (o *Options) Validate() error {
+	if err := o.ValidateEndpoints(); err != nil {
+		return err
+	}
+	if (o.Cert == "") != (o.Key == "") {
+		return errors.New("etcd TLS: -cert and -key go together")
+	}
+	return nil
+}
+
+// ValidateEndpoints checks the endpoints alone, for a program that names
+// where they came from (a flag, or a line of its config file).
+func (o *Options) ValidateEndpoints() error {
 	if len(o.Endpoints) == 0 {
 		return errors.New("no etcd endpoints: give -etcd host:port[,host:port…] or etcd_host_list in the config file")
 	}
@@ -132,9 +144,6 @@ func (o *Options) Validate() error {
 			}
 			return err
 		}
-	}
-	if (o.Cert == "") != (o.Key == "") {
-		return errors.New("etcd TLS: -cert and -key go together")
 	}
 	return nil
 }
