@@ -11,6 +11,7 @@ import (
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/handoff"
+	"github.com/dtablecluster/dtable-router/internal/leases"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
@@ -75,12 +76,7 @@ func (m *monitor) campaignAndLead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("etcd session: %w", err)
 	}
-	defer func() {
-		sess.Orphan()
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_, _ = m.cli.Revoke(rctx, sess.Lease())
-	}()
+	defer leases.Release(sess, m.log)
 	// Campaign does not return by itself when the session dies: tie its
 	// context to the session.
 	lctx, cancel := context.WithCancel(ctx)

@@ -38,23 +38,53 @@ type healthSettings struct {
 	failures int // consecutive failures before the node is withdrawn
 }
 
-// parseSettings reads flags and the config file they name.
+// parseSettings reads the command line and the config file it names, in
+// three steps: the flags, the file's values under them, and validation.
 func parseSettings(args []string, stderr io.Writer) (*settings, error) {
-	s := &settings{}
+	cl, err := parseFlags(args, stderr)
+	if err != nil {
+		return nil, err
+	}
+	file, err := cl.mergeFile()
+	if err != nil {
+		return nil, err
+	}
+	if err := cl.validate(origin{given: cl.given, file: file}); err != nil {
+		return nil, err
+	}
+	return cl.s, nil
+}
+
+// commandLine is what the flags say: the settings they set outright, and
+// the values that the config file also gives, kept apart until mergeFile.
+type commandLine struct {
+	s          *settings
+	configPath string
+	node       schema.Node     // -node-id, -node-url, -local-node-url
+	prefix     string          // made s.layout by validate
+	given      map[string]bool // the flags on the command line
+}
+
+// parseFlags defines the registrar's flags and parses args. The etcd
+// options come from etcdclient, which also reads $ETCDCTL_*.
+func parseFlags(args []string, stderr io.Writer) (*commandLine, error) {
+	cl := &commandLine{s: &settings{}, given: map[string]bool{}}
+	s := cl.s
 	fs := flag.NewFlagSet("registrar", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: registrar [flags]\n\n"+
 			"Registers this dtable-server in etcd under a lease, keeps it alive, and\n"+
-			"withdraws it on SIGTERM/SIGINT. Flags override the config file.\n\n")
+			"withdraws it on SIGTERM/SIGINT. Flags override the config file (etcd\n"+
+			"settings: a flag, then $ETCDCTL_*, then the config file).\n\n")
 		fs.PrintDefaults()
 	}
-	configPath := fs.String("config", "", "dtable_server_config.json to read cluster_config from (// comments allowed)")
+	fs.StringVar(&cl.configPath, "config", "", "dtable_server_config.json to read cluster_config from (// comments allowed)")
 	s.etcd.AddFlags(fs)
-	nodeID := fs.String("node-id", "", "this node's id (overrides node_id)")
-	nodeURL := fs.String("node-url", "", "URL end users' browsers use to reach this server (overrides node_url)")
-	localURL := fs.String("local-node-url", "", "URL the proxy uses to reach this server (overrides local_node_url)")
-	prefix := fs.String("prefix", schema.DefaultPrefix, "etcd key prefix of the cluster")
+	fs.StringVar(&cl.node.NodeID, "node-id", "", "this node's id (overrides node_id)")
+	fs.StringVar(&cl.node.NodeURL, "node-url", "", "URL end users' browsers use to reach this server (overrides node_url)")
+	fs.StringVar(&cl.node.LocalNodeURL, "local-node-url", "", "URL the proxy uses to reach this server (overrides local_node_url)")
+	fs.StringVar(&cl.prefix, "prefix", schema.DefaultPrefix, "etcd key prefix of the cluster")
 	fs.DurationVar(&s.ttl, "ttl", 90*time.Second, "lease TTL: how long a dead node stays registered")
 	fs.StringVar(&s.health.path, "health-path", "", "if set, e.g. /ping/, register only while GET local_node_url+path answers 2xx")
 	fs.DurationVar(&s.health.interval, "health-interval", 5*time.Second, "time between health checks")
@@ -72,84 +102,128 @@ func parseSettings(args []string, stderr io.Writer) (*settings, error) {
 	if fs.NArg() > 0 {
 		return nil, usage.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	fs.Visit(func(f *flag.Flag) { cl.given[f.Name] = true })
+	return cl, nil
+}
 
-	// where says where a value came from, for error messages.
+// mergeFile reads the config file, if -config names one, and puts its
+// cluster_config under the flags: each flag given overrides its field, and
+// -etcd, -endpoints or $ETCDCTL_ENDPOINTS override etcd_host_list. It
+// returns the file (nil without -config) for error messages.
+func (cl *commandLine) mergeFile() (*serverconfig.ClusterConfig, error) {
+	s := cl.s
 	var file *serverconfig.ClusterConfig
-	where := func(flagName, field string, format string, args ...any) error {
-		if set[flagName] || file == nil {
-			return usage.Errorf("flag -%s: %s", flagName, fmt.Sprintf(format, args...))
-		}
-		return usage.Wrap(file.At(field, format, args...))
-	}
-	if *configPath != "" {
+	if cl.configPath != "" {
 		var err error
-		if file, err = serverconfig.Load(*configPath); err != nil {
+		if file, err = serverconfig.Load(cl.configPath); err != nil {
 			return nil, usage.Wrap(err)
 		}
-		if !set["etcd"] {
+		if s.etcd.EndpointsSource() == "" {
 			s.etcd.Endpoints = file.EtcdHostList
 		}
 		s.node = schema.Node{NodeID: file.NodeID, NodeURL: file.NodeURL, LocalNodeURL: file.LocalNodeURL}
 	}
-	if set["node-id"] {
-		s.node.NodeID = *nodeID
-	}
-	if set["node-url"] {
-		s.node.NodeURL = *nodeURL
-	}
-	if set["local-node-url"] {
-		s.node.LocalNodeURL = *localURL
-	}
-
-	missing := func(flagName, field string) error {
-		if file != nil {
-			return usage.Errorf("%s is not set: give -%s, or %q in cluster_config of %s", field, flagName, field, file.File)
+	for _, f := range []struct {
+		flag     string
+		dst, val *string
+	}{
+		{"node-id", &s.node.NodeID, &cl.node.NodeID},
+		{"node-url", &s.node.NodeURL, &cl.node.NodeURL},
+		{"local-node-url", &s.node.LocalNodeURL, &cl.node.LocalNodeURL},
+	} {
+		if cl.given[f.flag] {
+			*f.dst = *f.val
 		}
-		return usage.Errorf("%s is not set: give -%s or -config with a dtable_server_config.json", field, flagName)
 	}
+	return file, nil
+}
+
+// validate checks the merged settings and makes the key layout; an error
+// names the flag, the variable or the file's line that gave the bad value.
+func (cl *commandLine) validate(o origin) error {
+	s := cl.s
 	if s.node.NodeID == "" {
-		return nil, missing("node-id", "node_id")
+		return o.missing("node-id", "node_id")
 	}
 	if err := schema.ValidateNodeID(s.node.NodeID); err != nil {
-		return nil, where("node-id", "node_id", "%v", err)
+		return o.errorf("node-id", "node_id", "%v", err)
 	}
 	for _, f := range []struct{ flag, field, val string }{
 		{"node-url", "node_url", s.node.NodeURL},
 		{"local-node-url", "local_node_url", s.node.LocalNodeURL},
 	} {
 		if f.val == "" {
-			return nil, missing(f.flag, f.field)
+			return o.missing(f.flag, f.field)
 		}
 		if err := schema.ValidateNodeURL(f.field, f.val); err != nil {
-			return nil, where(f.flag, f.field, "%v", err)
+			return o.errorf(f.flag, f.field, "%v", err)
 		}
 	}
+	if err := s.etcd.ValidateEndpoints(); err != nil {
+		return o.endpointsError(s.etcd.EndpointsSource(), err)
+	}
 	if err := s.etcd.Validate(); err != nil {
-		return nil, where("etcd", "etcd_host_list", "%v", err)
+		return usage.Wrap(err) // TLS: the message names the flags
 	}
 	var err error
-	if s.layout, err = schema.NewLayout(*prefix); err != nil {
-		return nil, usage.Errorf("flag -prefix: %v", err)
+	if s.layout, err = schema.NewLayout(cl.prefix); err != nil {
+		return usage.Errorf("flag -prefix: %v", err)
 	}
 	if s.ttl < time.Second || s.ttl > 24*time.Hour {
-		return nil, usage.Errorf("flag -ttl %v: want 1s to 24h", s.ttl)
+		return usage.Errorf("flag -ttl %v: want 1s to 24h", s.ttl)
 	}
 	if s.health.path != "" {
 		if !strings.HasPrefix(s.health.path, "/") {
-			return nil, usage.Errorf("flag -health-path %q: must start with /", s.health.path)
+			return usage.Errorf("flag -health-path %q: must start with /", s.health.path)
 		}
 		if s.health.interval <= 0 || s.health.timeout <= 0 || s.health.failures < 1 {
-			return nil, usage.Errorf("flags -health-interval, -health-timeout must be positive and -health-failures at least 1")
+			return usage.Errorf("flags -health-interval, -health-timeout must be positive and -health-failures at least 1")
 		}
 	}
 	if s.notifyURL != "" {
 		if err := schema.ValidateNodeURL("notify-url", s.notifyURL); err != nil {
-			return nil, usage.Errorf("flag -notify-url: %v", err)
+			return usage.Errorf("flag -notify-url: %v", err)
 		}
 	}
-	return s, nil
+	return nil
+}
+
+// origin is where the settings came from, for error messages.
+type origin struct {
+	given map[string]bool             // the flags on the command line
+	file  *serverconfig.ClusterConfig // nil without -config
+}
+
+// errorf reports a bad value of field, naming -flagName if that gave it,
+// else the file's line.
+func (o origin) errorf(flagName, field, format string, args ...any) error {
+	if o.given[flagName] || o.file == nil {
+		return usage.Errorf("flag -%s: %s", flagName, fmt.Sprintf(format, args...))
+	}
+	return usage.Wrap(o.file.At(field, format, args...))
+}
+
+// missing reports a field that neither a flag nor the file gives.
+func (o origin) missing(flagName, field string) error {
+	if o.file != nil {
+		return usage.Errorf("%s is not set: give -%s, or %q in cluster_config of %s", field, flagName, field, o.file.File)
+	}
+	return usage.Errorf("%s is not set: give -%s or -config with a dtable_server_config.json", field, flagName)
+}
+
+// endpointsError reports bad etcd endpoints, naming where they came from
+// (etcdclient's EndpointsSource, or else the file's etcd_host_list).
+func (o origin) endpointsError(source string, err error) error {
+	switch {
+	case source == "" && o.file != nil:
+		return usage.Wrap(o.file.At("etcd_host_list", "%v", err))
+	case strings.HasPrefix(source, "flag "):
+		return usage.Errorf("%s: %v", source, err)
+	case source == "":
+		return usage.Errorf("flag -etcd: %v", err)
+	default: // $ETCDCTL_ENDPOINTS, which the message names
+		return usage.Wrap(err)
+	}
 }
 
 // ttlSeconds is the lease TTL in whole seconds, rounded up.

@@ -71,17 +71,3 @@ func readNode(t *testing.T, cli *clientv3.Client, id string) (schema.Node, clien
 	}
 	return n, clientv3.LeaseID(resp.Kvs[0].Lease), true, nil
 }
-
-// eventually polls cond every 20ms until it holds or d passes, and returns
-// how long it took.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("not within %v: %s", d, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return time.Since(start)
-}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
 
 // TestMain lets the test binary run as the registrar itself, so the
@@ -65,7 +66,7 @@ func TestProcessDocumentedConfigThenSIGTERM(t *testing.T) {
 	cli := c.Client(t)
 	cfg := writeFile(t, "dtable_server_config.json", documentedConfig)
 	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","), "-ttl", "5s")
-	eventually(t, 10*time.Second, "registered", func() bool { _, _, ok, err := readNode(t, cli, "dtable-server-01"); return err == nil && ok })
+	testutil.Eventually(t, 10*time.Second, "registered", func() bool { _, _, ok, err := readNode(t, cli, "dtable-server-01"); return err == nil && ok })
 	n, _, _ := getNode(t, cli, "dtable-server-01")
 	want := schema.Node{NodeID: "dtable-server-01", NodeURL: "https://dtable-server-01.example.com/", LocalNodeURL: "http://172.17.30.94/"}
 	if !n.SameEndpoints(want) {
@@ -73,7 +74,7 @@ func TestProcessDocumentedConfigThenSIGTERM(t *testing.T) {
 	}
 	// Gone within 1s of SIGTERM.
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	took := eventually(t, time.Second, "key removed after SIGTERM", func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return !ok })
+	took := testutil.Eventually(t, time.Second, "key removed after SIGTERM", func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return !ok })
 	t.Logf("key gone %v after SIGTERM", took)
 	if code := p.wait(t, 5*time.Second); code != 0 {
 		t.Fatalf("exit code %d after SIGTERM; stderr:\n%s", code, p.stderr)
@@ -85,10 +86,10 @@ func TestProcessSIGKILLExpiresAfterTTL(t *testing.T) {
 	cli := c.Client(t)
 	cfg := writeFile(t, "dtable_server_config.json", documentedConfig)
 	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","), "-ttl", "3s")
-	eventually(t, 10*time.Second, "registered", func() bool { _, _, ok, err := readNode(t, cli, "dtable-server-01"); return err == nil && ok })
+	testutil.Eventually(t, 10*time.Second, "registered", func() bool { _, _, ok, err := readNode(t, cli, "dtable-server-01"); return err == nil && ok })
 	time.Sleep(1500 * time.Millisecond) // let a keep-alive renew the lease
 	p.cmd.Process.Kill()
-	took := eventually(t, 4*time.Second, "key expired within TTL + 1s after SIGKILL",
+	took := testutil.Eventually(t, 4*time.Second, "key expired within TTL + 1s after SIGKILL",
 		func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return !ok })
 	t.Logf("key gone %v after SIGKILL (TTL 3s)", took)
 }

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
 
+	"github.com/dtablecluster/dtable-router/internal/leases"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
@@ -77,10 +79,10 @@ func (r *registrar) run(ctx context.Context) error {
 		if !r.waitHealthy(ctx) {
 			return nil
 		}
-		lease, rev, err := r.register(ctx)
+		sess, rev, err := r.register(ctx)
 		if ctx.Err() != nil {
-			if lease != 0 {
-				r.revoke(lease)
+			if sess != nil {
+				r.withdraw(sess)
 			}
 			return nil
 		}
@@ -106,8 +108,8 @@ func (r *registrar) run(ctx context.Context) error {
 		backoff = r.retryMin
 		r.log.Info("registered", zap.String("key", r.layout.NodeKey(r.node.NodeID)),
 			zap.String("node_url", r.node.NodeURL), zap.String("local_node_url", r.node.LocalNodeURL),
-			zap.Int64("ttl_seconds", r.ttl), zap.String("lease", fmt.Sprintf("%x", lease)))
-		if err := r.hold(ctx, sub, lease, rev); err != nil {
+			zap.Int64("ttl_seconds", r.ttl), zap.String("lease", leaseHex(sess.Lease())))
+		if err := r.hold(ctx, sub, sess, rev); err != nil {
 			return err
 		}
 		if ctx.Err() != nil {
@@ -116,17 +118,11 @@ func (r *registrar) run(ctx context.Context) error {
 	}
 }
 
-// hold keeps one registration alive until it is lost (returns nil), ctx
-// ends (revokes, returns nil), or the key is taken over by another server
-// (returns errConflict).
-func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, lease clientv3.LeaseID, putRev int64) error {
-	kaCtx, cancelKA := context.WithCancel(ctx)
-	defer cancelKA()
-	ka, err := r.cli.KeepAlive(kaCtx, lease)
-	if err != nil {
-		r.log.Warn("keep-alive failed to start; registering again", zap.Error(err))
-		return nil
-	}
+// hold keeps one registration until it is lost (returns nil), ctx ends
+// (withdraws it, returns nil), or the key is taken over by another server
+// (returns errConflict). The session's keep-alive stops in every case.
+func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *concurrency.Session, putRev int64) error {
+	defer sess.Orphan()
 	var healthChanged <-chan struct{}
 	if r.health != nil {
 		healthChanged = r.health.changed
@@ -134,21 +130,17 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, lease cli
 	for {
 		select {
 		case <-ctx.Done():
-			cancelKA()
-			r.revoke(lease)
+			r.withdraw(sess)
 			return nil
-		case _, ok := <-ka:
-			// Responses are drained here; the channel closes when the lease
-			// is gone (expired or revoked) or cannot be renewed in time.
-			if !ok {
-				r.log.Warn("lease lost; registering again with a new lease", zap.String("lease", fmt.Sprintf("%x", lease)))
-				return nil
-			}
+		case <-sess.Done():
+			// The keep-alive stopped: the lease expired or was revoked, or
+			// etcd did not renew it for a whole TTL.
+			r.log.Warn("lease lost; registering again with a new lease", zap.String("lease", leaseHex(sess.Lease())))
+			return nil
 		case <-healthChanged:
 			if !r.health.healthy() {
 				r.log.Warn("local server unhealthy; withdrawing the registration", zap.String("health_url", r.health.url))
-				cancelKA()
-				r.revoke(lease)
+				r.withdraw(sess)
 				return nil
 			}
 		case snap := <-sub.C:
@@ -164,11 +156,10 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, lease cli
 					cur.NodeURL, cur.LocalNodeURL, r.node.NodeID)
 			case !present || corrupt:
 				r.log.Warn("registration deleted or overwritten in etcd; writing it again")
-				rev, err := r.put(ctx, lease)
+				rev, err := r.put(ctx, sess.Lease())
 				if err != nil {
 					r.log.Warn("re-writing the registration failed; registering again", zap.Error(err))
-					cancelKA()
-					r.revoke(lease)
+					r.withdraw(sess)
 					return nil
 				}
 				putRev = rev
@@ -177,34 +168,57 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, lease cli
 	}
 }
 
-// register grants a lease and writes the node key under it. The key is
-// created if absent, or taken over if it holds this node's own URLs (a
-// previous run that died within the TTL) or an unreadable value; a live
-// registration with other URLs is a conflict.
-func (r *registrar) register(ctx context.Context) (clientv3.LeaseID, int64, error) {
+// register grants a lease, keeps it alive in a session, and writes the node
+// key under it (claim). It returns the session and the write's revision.
+//
+// The lease is granted here rather than by concurrency.NewSession(WithTTL),
+// so that the grant is bounded by a short timeout: NewSession grants with
+// the session's context, which is also the parent of its keep-alive, so a
+// timeout there would end the keep-alive too. The session is given no
+// context (it runs on the client's): its Done channel then closes when the
+// lease is lost, not when ctx ends. It is ended by withdraw (or Orphan),
+// never by Close, so it needs no WithTTL.
+func (r *registrar) register(ctx context.Context) (*concurrency.Session, int64, error) {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	grant, err := r.cli.Grant(rctx, r.ttl)
 	if err != nil {
-		return 0, 0, fmt.Errorf("grant lease: %w", err)
+		return nil, 0, fmt.Errorf("grant lease: %w", err)
 	}
+	sess, err := concurrency.NewSession(r.cli, concurrency.WithLease(grant.ID))
+	if err != nil {
+		leases.Revoke(r.cli, grant.ID, r.log)
+		return nil, 0, fmt.Errorf("keep lease %s alive: %w", leaseHex(grant.ID), err)
+	}
+	rev, err := r.claim(rctx, sess.Lease())
+	if err != nil {
+		leases.Release(sess, r.log)
+		return nil, 0, err
+	}
+	return sess, rev, nil
+}
+
+// claim writes the node key under lease in one transaction. The key is
+// created if absent, or taken over if it holds this node's own URLs (a
+// previous run that died within the TTL) or an unreadable value; a live
+// registration with other URLs is a conflict.
+func (r *registrar) claim(ctx context.Context, lease clientv3.LeaseID) (int64, error) {
 	key := r.layout.NodeKey(r.node.NodeID)
 	value := r.value()
 	// First try to create the key; if it exists and may be taken over, try
 	// again on condition that it is unchanged since we read it.
 	cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
 	for range 5 { // a concurrent change of the key makes the txn fail; retry
-		txn, err := r.cli.Txn(rctx).
+		txn, err := r.cli.Txn(ctx).
 			If(cond).
-			Then(clientv3.OpPut(key, value, clientv3.WithLease(grant.ID))).
+			Then(clientv3.OpPut(key, value, clientv3.WithLease(lease))).
 			Else(clientv3.OpGet(key)).
 			Commit()
 		if err != nil {
-			r.revoke(grant.ID)
-			return 0, 0, fmt.Errorf("write %s: %w", key, err)
+			return 0, fmt.Errorf("write %s: %w", key, err)
 		}
 		if txn.Succeeded {
-			return grant.ID, txn.Header.Revision, nil
+			return txn.Header.Revision, nil
 		}
 		kvs := txn.Responses[0].GetResponseRange().Kvs
 		if len(kvs) == 0 {
@@ -213,19 +227,17 @@ func (r *registrar) register(ctx context.Context) (clientv3.LeaseID, int64, erro
 		}
 		existing := kvs[0]
 		if cur, perr := schema.ParseNode(r.node.NodeID, existing.Value); perr == nil && !cur.SameEndpoints(r.node) {
-			r.revoke(grant.ID)
-			return 0, 0, fmt.Errorf("%w: %s is registered by a live server with node_url %s and local_node_url %s "+
+			return 0, fmt.Errorf("%w: %s is registered by a live server with node_url %s and local_node_url %s "+
 				"(this one has %s and %s). Two servers must not share node_id %q; if the other server is gone, "+
 				"its registration expires %s",
 				errConflict, key, cur.NodeURL, cur.LocalNodeURL, r.node.NodeURL, r.node.LocalNodeURL, r.node.NodeID,
-				r.remaining(rctx, clientv3.LeaseID(existing.Lease)))
+				r.remaining(ctx, clientv3.LeaseID(existing.Lease)))
 		} else if perr != nil {
 			r.log.Warn("replacing an unreadable registration", zap.String("key", key), zap.Error(perr))
 		}
 		cond = clientv3.Compare(clientv3.ModRevision(key), "=", existing.ModRevision)
 	}
-	r.revoke(grant.ID)
-	return 0, 0, fmt.Errorf("write %s: the key kept changing under concurrent writers", key)
+	return 0, fmt.Errorf("write %s: the key kept changing under concurrent writers", key)
 }
 
 // put re-writes the registration under the current lease.
@@ -257,18 +269,15 @@ func (r *registrar) remaining(ctx context.Context, id clientv3.LeaseID) string {
 	return fmt.Sprintf("within %ds unless it is kept alive", ttl.TTL)
 }
 
-// revoke withdraws a lease, deleting the node key at once. It runs on
-// shutdown too, so it uses its own short deadline rather than ctx.
-func (r *registrar) revoke(id clientv3.LeaseID) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if _, err := r.cli.Revoke(ctx, id); err != nil {
-		r.log.Warn("could not revoke the lease; the registration expires after the TTL",
-			zap.String("lease", fmt.Sprintf("%x", id)), zap.Error(err))
-		return
+// withdraw ends the session and revokes its lease, deleting the node key at
+// once (see leases.Release: it works on shutdown too, when ctx is done).
+func (r *registrar) withdraw(sess *concurrency.Session) {
+	if leases.Release(sess, r.log) == nil {
+		r.log.Info("registration withdrawn", zap.String("lease", leaseHex(sess.Lease())))
 	}
-	r.log.Info("registration withdrawn", zap.String("lease", fmt.Sprintf("%x", id)))
 }
+
+func leaseHex(id clientv3.LeaseID) string { return fmt.Sprintf("%x", id) }
 
 // waitHealthy returns once the local server is healthy (at once without a
 // health gate), or false when ctx ends first.

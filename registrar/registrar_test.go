@@ -14,10 +14,13 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
 
 func testSettings(c *etcdtest.Etcd, id string, ttl time.Duration) *settings {
@@ -33,9 +36,18 @@ func testSettings(c *etcdtest.Etcd, id string, ttl time.Duration) *settings {
 // returns its error.
 func startRegistrar(t *testing.T, s *settings) (stop func() error) {
 	t.Helper()
+	stop, _ = startObservedRegistrar(t, s)
+	return stop
+}
+
+// startObservedRegistrar is startRegistrar that also records the log.
+func startObservedRegistrar(t *testing.T, s *settings) (stop func() error, logs *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zapcore.InfoLevel)
+	log := zap.New(zapcore.NewTee(zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)).Core(), core))
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() { errc <- runRegistrar(ctx, s, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))) }()
+	go func() { errc <- runRegistrar(ctx, s, log) }()
 	var once sync.Once
 	var err error
 	stop = func() error {
@@ -43,7 +55,7 @@ func startRegistrar(t *testing.T, s *settings) (stop func() error) {
 		return err
 	}
 	t.Cleanup(func() { stop() })
-	return stop
+	return stop, logs
 }
 
 func TestRegistersAndWithdrawsOnStop(t *testing.T) {
@@ -51,7 +63,7 @@ func TestRegistersAndWithdrawsOnStop(t *testing.T) {
 	cli := c.Client(t)
 	s := testSettings(c, "dtable-server-01", 5*time.Second)
 	stop := startRegistrar(t, s)
-	eventually(t, 5*time.Second, "registered", func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return ok })
+	testutil.Eventually(t, 5*time.Second, "registered", func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return ok })
 	n, lease, _ := getNode(t, cli, "dtable-server-01")
 	if !n.SameEndpoints(s.node) || lease == 0 || n.RegisteredAt == "" {
 		t.Fatalf("registration = %+v lease %x", n, lease)
@@ -111,7 +123,7 @@ func TestTakesOverItsOwnStaleRegistration(t *testing.T) {
 	old, _ := cli.Grant(ctx, 60) // a previous run that was killed
 	cli.Put(ctx, testLayout.NodeKey("n1"), string(s.node.Encode()), clientv3.WithLease(old.ID))
 	startRegistrar(t, s)
-	eventually(t, 5*time.Second, "taken over with a new lease", func() bool {
+	testutil.Eventually(t, 5*time.Second, "taken over with a new lease", func() bool {
 		_, lease, ok := getNode(t, cli, "n1")
 		return ok && lease != old.ID
 	})
@@ -122,40 +134,79 @@ func TestTakesOverItsOwnStaleRegistration(t *testing.T) {
 	}
 }
 
-func TestRegistersAgainWhenLeaseIsLost(t *testing.T) {
-	c := etcdtest.Start(t)
-	cli := c.Client(t)
-	startRegistrar(t, testSettings(c, "n1", 5*time.Second))
-	var lease clientv3.LeaseID
-	eventually(t, 5*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := cli.Revoke(ctx, lease); err != nil {
-		t.Fatal(err)
+// TestRegistersAgainWhenLost: losing the lease (its session's Done) leads
+// to a new registration under a new lease; losing the key to a re-write
+// under the same lease.
+func TestRegistersAgainWhenLost(t *testing.T) {
+	cases := []struct {
+		name string
+		// lose does it to the registration under lease.
+		lose func(ctx context.Context, t *testing.T, cli *clientv3.Client, lease clientv3.LeaseID)
+		// want is the lease the registration must then carry.
+		want    func(now, before clientv3.LeaseID) bool
+		wantLog string // "" = not checked
+	}{
+		{"lease revoked (the key vanishes with it)", func(ctx context.Context, t *testing.T, cli *clientv3.Client, lease clientv3.LeaseID) {
+			if _, err := cli.Revoke(ctx, lease); err != nil {
+				t.Fatal(err)
+			}
+		}, func(now, before clientv3.LeaseID) bool { return now != 0 && now != before }, ""},
+		// The key is first re-written without a lease (same value: the
+		// watcher sees nothing to repair), so only the session's Done
+		// tells that the lease is gone.
+		{"lease revoked, key kept", func(ctx context.Context, t *testing.T, cli *clientv3.Client, lease clientv3.LeaseID) {
+			n, _, _ := getNode(t, cli, "n1")
+			if _, err := cli.Put(ctx, testLayout.NodeKey("n1"), string(n.Encode())); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cli.Revoke(ctx, lease); err != nil {
+				t.Fatal(err)
+			}
+			if _, l, ok := getNode(t, cli, "n1"); !ok || l != 0 {
+				t.Fatalf("key after the revoke: present %v, lease %x; want present without lease", ok, l)
+			}
+		}, func(now, before clientv3.LeaseID) bool { return now != 0 && now != before }, "lease lost"},
+		{"key deleted by hand", func(ctx context.Context, t *testing.T, cli *clientv3.Client, _ clientv3.LeaseID) {
+			if _, err := cli.Delete(ctx, testLayout.NodeKey("n1")); err != nil {
+				t.Fatal(err)
+			}
+		}, func(now, before clientv3.LeaseID) bool { return now == before }, "writing it again"},
 	}
-	eventually(t, 5*time.Second, "registered again with a new lease", func() bool {
-		_, l, ok := getNode(t, cli, "n1")
-		return ok && l != lease
-	})
-	// Deleting the key by hand: it is written again under the same lease.
-	_, lease, _ = getNode(t, cli, "n1")
-	cli.Delete(ctx, testLayout.NodeKey("n1"))
-	eventually(t, 5*time.Second, "key written again", func() bool {
-		_, l, ok := getNode(t, cli, "n1")
-		return ok && l == lease
-	})
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := etcdtest.Start(t)
+			cli := c.Client(t)
+			_, logs := startObservedRegistrar(t, testSettings(c, "n1", 5*time.Second))
+			var lease clientv3.LeaseID
+			testutil.Eventually(t, 5*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			tc.lose(ctx, t, cli, lease)
+			took := testutil.Eventually(t, 5*time.Second, "registered again", func() bool {
+				_, l, ok := getNode(t, cli, "n1")
+				return ok && tc.want(l, lease)
+			})
+			t.Logf("registered again %v later (TTL 5s)", took)
+			if tc.wantLog != "" && logs.FilterMessageSnippet(tc.wantLog).Len() == 0 {
+				t.Errorf("no log says %q; logged %v", tc.wantLog, logs.All())
+			}
+		})
+	}
 }
 
 func TestRegistersAgainAfterEtcdOutageLongerThanTTL(t *testing.T) {
 	c := etcdtest.Start(t)
 	cli := c.Client(t)
-	startRegistrar(t, testSettings(c, "n1", 2*time.Second))
+	_, logs := startObservedRegistrar(t, testSettings(c, "n1", 2*time.Second))
 	var lease clientv3.LeaseID
-	eventually(t, 5*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
+	testutil.Eventually(t, 5*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
 	c.Stop(0)
 	time.Sleep(4 * time.Second) // longer than the TTL: the keep-alive gives up
+	if logs.FilterMessageSnippet("lease lost").Len() == 0 {
+		t.Errorf("the session did not report the lease lost during an outage longer than the TTL; logged %v", logs.All())
+	}
 	c.Restart(0)
-	eventually(t, 15*time.Second, "registered again after the outage",
+	testutil.Eventually(t, 15*time.Second, "registered again after the outage",
 		registeredWith(t, cli, "n1", func(l clientv3.LeaseID) bool { return l != lease }))
 	// And it stays registered (its new lease is kept alive) for longer than a TTL.
 	time.Sleep(3 * time.Second)
@@ -169,7 +220,7 @@ func TestThreeMemberClusterLosesOneMember(t *testing.T) {
 	cli := c.ClientOf(t, c.Members[2].ClientURL)
 	startRegistrar(t, testSettings(c, "n1", 2*time.Second))
 	var lease clientv3.LeaseID
-	eventually(t, 10*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
+	testutil.Eventually(t, 10*time.Second, "registered", func() bool { _, l, ok := getNode(t, cli, "n1"); lease = l; return ok })
 	c.Stop(0)
 	c.WaitLeader(t)
 	time.Sleep(3 * time.Second) // more than a TTL
@@ -204,11 +255,11 @@ func TestHealthGate(t *testing.T) {
 		t.Fatal("registered while the local server does not answer")
 	}
 	up.Store(true)
-	eventually(t, 5*time.Second, "registered once healthy", func() bool { _, _, ok := getNode(t, cli, "n1"); return ok })
+	testutil.Eventually(t, 5*time.Second, "registered once healthy", func() bool { _, _, ok := getNode(t, cli, "n1"); return ok })
 	up.Store(false)
-	eventually(t, 5*time.Second, "withdrawn when unhealthy", func() bool { _, _, ok := getNode(t, cli, "n1"); return !ok })
+	testutil.Eventually(t, 5*time.Second, "withdrawn when unhealthy", func() bool { _, _, ok := getNode(t, cli, "n1"); return !ok })
 	up.Store(true)
-	eventually(t, 5*time.Second, "registered again", func() bool { _, _, ok := getNode(t, cli, "n1"); return ok })
+	testutil.Eventually(t, 5*time.Second, "registered again", func() bool { _, _, ok := getNode(t, cli, "n1"); return ok })
 }
 
 func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
@@ -251,7 +302,7 @@ func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
 	startRegistrar(t, s)
 	// The first notification reports the state the registrar first sees;
 	// the changes below must come after it to be notified one by one.
-	eventually(t, 15*time.Second, "first notification", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 1 })
+	testutil.Eventually(t, 15*time.Second, "first notification", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 1 })
 
 	a2 := a.Clone()
 	a2.Version = 2
@@ -266,7 +317,7 @@ func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
 	a4.Owners[0x20] = "n3"
 	put(a4)
 
-	eventually(t, 15*time.Second, "4 notifications", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 4 })
+	testutil.Eventually(t, 15*time.Second, "4 notifications", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 4 })
 	mu.Lock()
 	defer mu.Unlock()
 	want := []notification{

@@ -1,8 +1,10 @@
 package etcdclient
 
 import (
+	"bytes"
 	"context"
 	"flag"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,31 +12,171 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 )
 
-func TestFlagsAndValidate(t *testing.T) {
+// envNames are the variables AddFlags reads.
+var envNames = []string{"ETCDCTL_ENDPOINTS", "ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY", "ETCDCTL_USER", "ETCDCTL_PASSWORD"}
+
+// setEnv sets exactly env's ETCDCTL_* variables for the test; the others
+// are empty, which AddFlags takes as unset.
+func setEnv(t *testing.T, env map[string]string) {
+	t.Helper()
+	for _, name := range envNames {
+		t.Setenv(name, env[name])
+	}
+}
+
+// parseFlags returns the options a program gets from env and args.
+func parseFlags(t *testing.T, env map[string]string, args ...string) Options {
+	t.Helper()
+	setEnv(t, env)
 	var o Options
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	o.AddFlags(fs)
-	if err := fs.Parse([]string{"-etcd", "etcd-01:2379, etcd-02:2379,,https://etcd-03:2379", "-user", "root"}); err != nil {
+	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
 	}
-	if len(o.Endpoints) != 3 || o.Endpoints[2] != "https://etcd-03:2379" || o.User != "root" {
-		t.Fatalf("parsed %+v", o)
+	return o
+}
+
+var allEnv = map[string]string{
+	"ETCDCTL_ENDPOINTS": "env-1:2379,env-2:2379", "ETCDCTL_CACERT": "env-ca.pem", "ETCDCTL_CERT": "env-cert.pem",
+	"ETCDCTL_KEY": "env-key.pem", "ETCDCTL_USER": "envuser", "ETCDCTL_PASSWORD": "envpw",
+}
+
+var allFlags = []string{"-etcd", "flag-1:2379", "-cacert", "flag-ca.pem", "-cert", "flag-cert.pem",
+	"-key", "flag-key.pem", "-user", "flaguser", "-password", "flagpw"}
+
+func TestFlagsAndEnvironment(t *testing.T) {
+	type want struct {
+		endpoints                         []string
+		source                            string
+		cacert, cert, key, user, password string
 	}
-	if err := o.Validate(); err != nil {
-		t.Fatal(err)
+	cases := []struct {
+		name string
+		env  map[string]string
+		args []string
+		want want
+	}{
+		{"nothing given", nil, nil, want{}},
+		{"-etcd, comma-separated", nil, []string{"-etcd", "etcd-01:2379, etcd-02:2379,,https://etcd-03:2379", "-user", "root"},
+			want{endpoints: []string{"etcd-01:2379", "etcd-02:2379", "https://etcd-03:2379"}, source: "flag -etcd", user: "root"}},
+		{"-endpoints, as etcdctl names it", nil, []string{"-endpoints", "a:1,b:2"},
+			want{endpoints: []string{"a:1", "b:2"}, source: "flag -endpoints"}},
+		{"every ETCDCTL_ variable", allEnv, nil,
+			want{[]string{"env-1:2379", "env-2:2379"}, "$ETCDCTL_ENDPOINTS", "env-ca.pem", "env-cert.pem", "env-key.pem", "envuser", "envpw"}},
+		{"flags win over the environment", allEnv, allFlags,
+			want{[]string{"flag-1:2379"}, "flag -etcd", "flag-ca.pem", "flag-cert.pem", "flag-key.pem", "flaguser", "flagpw"}},
+		{"-endpoints wins over the environment", allEnv, []string{"-endpoints", "flag-2:2379"},
+			want{[]string{"flag-2:2379"}, "flag -endpoints", "env-ca.pem", "env-cert.pem", "env-key.pem", "envuser", "envpw"}},
+		{"an empty variable is unset", map[string]string{"ETCDCTL_ENDPOINTS": "", "ETCDCTL_USER": "u"}, nil,
+			want{user: "u"}},
+		{"-etcd given empty still counts as given", allEnv, []string{"-etcd", ""},
+			want{nil, "flag -etcd", "env-ca.pem", "env-cert.pem", "env-key.pem", "envuser", "envpw"}},
 	}
-	bad := map[string]Options{
-		"no etcd endpoints":          {},
-		`etcd endpoint "etcd-01"`:    {Endpoints: []string{"etcd-01"}},
-		`etcd endpoint "ftp://x:1`:   {Endpoints: []string{"ftp://x:1"}},
-		"-cert and -key go together": {Endpoints: []string{"a:1"}, Cert: "c.pem"},
-		"read -cacert":               {Endpoints: []string{"a:1"}, CACert: "/nonexistent/ca.pem"},
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := parseFlags(t, tc.env, tc.args...)
+			got := want{o.Endpoints, o.EndpointsSource(), o.CACert, o.Cert, o.Key, o.User, o.Password}
+			if !slices.Equal(got.endpoints, tc.want.endpoints) || got.source != tc.want.source ||
+				got.cacert != tc.want.cacert || got.cert != tc.want.cert || got.key != tc.want.key ||
+				got.user != tc.want.user || got.password != tc.want.password {
+				t.Errorf("got  %+v\nwant %+v", got, tc.want)
+			}
+		})
 	}
-	for want, o := range bad {
-		_, err := o.Config(nil)
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("Config(%+v) error = %v; want %q", o, err, want)
+}
+
+// The environment fills values but not the flags' defaults: -h shows no
+// password.
+func TestHelpShowsNoValueFromTheEnvironment(t *testing.T) {
+	setEnv(t, allEnv)
+	var o Options
+	var help bytes.Buffer
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	fs.SetOutput(&help)
+	o.AddFlags(fs)
+	fs.PrintDefaults()
+	for _, v := range allEnv {
+		if strings.Contains(help.String(), v) {
+			t.Errorf("help shows %q:\n%s", v, help.String())
 		}
+	}
+}
+
+func TestCredentials(t *testing.T) {
+	cases := []struct {
+		name     string
+		env      map[string]string
+		args     []string // nil: opts is filled in directly (as the Caddy module does)
+		opts     Options
+		user, pw string
+	}{
+		{"-user name:password", nil, []string{"-user", "root:pw"}, Options{}, "root", "pw"},
+		{"-user and -password", nil, []string{"-user", "root", "-password", "pw"}, Options{}, "root", "pw"},
+		{"-user, $ETCDCTL_PASSWORD", map[string]string{"ETCDCTL_PASSWORD": "envpw"}, []string{"-user", "root"}, Options{}, "root", "envpw"},
+		{"$ETCDCTL_USER name:password", map[string]string{"ETCDCTL_USER": "root:envpw"}, []string{}, Options{}, "root", "envpw"},
+		{"-user name:password wins over $ETCDCTL_PASSWORD", map[string]string{"ETCDCTL_PASSWORD": "envpw"},
+			[]string{"-user", "root:pw"}, Options{}, "root", "pw"},
+		{"-password wins over $ETCDCTL_USER's password", map[string]string{"ETCDCTL_USER": "root:envpw"},
+			[]string{"-password", "pw"}, Options{}, "root", "pw"},
+		{"-user wins over $ETCDCTL_USER", map[string]string{"ETCDCTL_USER": "alice:envpw"}, []string{"-user", "bob"}, Options{}, "bob", ""},
+		{"-user with a colon and -password: the user is taken whole, as etcdctl does", nil,
+			[]string{"-password", "pw", "-user", "a:b"}, Options{}, "a:b", "pw"},
+		{"direct user:password", nil, nil, Options{User: "root:pw"}, "root", "pw"},
+		{"direct user and password", nil, nil, Options{User: "a:b", Password: "pw"}, "a:b", "pw"},
+		{"direct options do not read the environment", map[string]string{"ETCDCTL_PASSWORD": "envpw"}, nil,
+			Options{User: "root"}, "root", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := tc.opts
+			if tc.args != nil {
+				o = parseFlags(t, tc.env, tc.args...)
+			} else {
+				setEnv(t, tc.env)
+			}
+			o.Endpoints = []string{"a:1"}
+			cfg, err := o.Config(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Username != tc.user || cfg.Password != tc.pw {
+				t.Errorf("user %q password %q; want %q %q", cfg.Username, cfg.Password, tc.user, tc.pw)
+			}
+		})
+	}
+}
+
+func TestInvalidOptions(t *testing.T) {
+	cases := []struct {
+		name string
+		opts func(t *testing.T) Options
+		want string
+	}{
+		{"no endpoints", func(*testing.T) Options { return Options{} }, "no etcd endpoints"},
+		{"endpoint without port", func(*testing.T) Options { return Options{Endpoints: []string{"etcd-01"}} },
+			`etcd endpoint "etcd-01": want host:port`},
+		{"endpoint with another scheme", func(*testing.T) Options { return Options{Endpoints: []string{"ftp://x:1"}} },
+			`etcd endpoint "ftp://x:1`},
+		{"endpoint from $ETCDCTL_ENDPOINTS", func(t *testing.T) Options {
+			return parseFlags(t, map[string]string{"ETCDCTL_ENDPOINTS": "etcd-01"})
+		}, `etcd endpoint "etcd-01": want host:port, e.g. etcd-01.example.com:2379 (from $ETCDCTL_ENDPOINTS)`},
+		{"cert without key", func(*testing.T) Options { return Options{Endpoints: []string{"a:1"}, Cert: "c.pem"} },
+			"-cert and -key go together"},
+		{"$ETCDCTL_CERT without a key", func(t *testing.T) Options {
+			return parseFlags(t, map[string]string{"ETCDCTL_CERT": "c.pem"}, "-etcd", "a:1")
+		}, "-cert and -key go together"},
+		{"missing CA file", func(*testing.T) Options { return Options{Endpoints: []string{"a:1"}, CACert: "/nonexistent/ca.pem"} },
+			"read -cacert"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := tc.opts(t)
+			_, err := o.Config(nil)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Config(%+v) error = %v; want %q", o, err, tc.want)
+			}
+		})
 	}
 }
 
@@ -52,36 +194,39 @@ func TestUserPasswordAgainstEtcdWithAuth(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-
-	good := Options{Endpoints: c.Endpoints(), User: "root:s3cret"}
-	cli, err := good.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	if _, err := cli.Put(ctx, "k", "v"); err != nil {
-		t.Fatalf("put with user:password: %v", err)
+	if _, err := c.Client(t).Put(ctx, "k", "v"); err == nil {
+		t.Fatal("etcd accepts a client without credentials: auth is not on")
 	}
 
-	t.Setenv("ETCDCTL_PASSWORD", "s3cret")
-	fromEnv := Options{Endpoints: c.Endpoints(), User: "root"}
-	cli2, err := fromEnv.New(nil)
-	if err != nil {
-		t.Fatal(err)
+	eps := strings.Join(c.Endpoints(), ",")
+	cases := []struct {
+		name    string
+		env     map[string]string
+		args    []string
+		wantErr string // "" = the put succeeds
+	}{
+		{"-user user:password", nil, []string{"-user", "root:s3cret"}, ""},
+		{"password from $ETCDCTL_PASSWORD", map[string]string{"ETCDCTL_PASSWORD": "s3cret"}, []string{"-user", "root"}, ""},
+		{"user and password from the environment", map[string]string{"ETCDCTL_USER": "root", "ETCDCTL_PASSWORD": "s3cret"}, nil, ""},
+		{"-password wins over a wrong $ETCDCTL_PASSWORD", map[string]string{"ETCDCTL_PASSWORD": "nope"},
+			[]string{"-user", "root", "-password", "s3cret"}, ""},
+		{"wrong password", nil, []string{"-user", "root", "-password", "nope"}, "authentication failed"},
 	}
-	defer cli2.Close()
-	if _, err := cli2.Get(ctx, "k"); err != nil {
-		t.Fatalf("get with password from $ETCDCTL_PASSWORD: %v", err)
-	}
-
-	wrong := Options{Endpoints: c.Endpoints(), User: "root", Password: "nope"}
-	cli3, err := wrong.New(nil)
-	if err == nil {
-		defer cli3.Close()
-		_, err = cli3.Get(ctx, "k")
-	}
-	if err == nil || !strings.Contains(err.Error(), "authentication failed") {
-		t.Fatalf("wrong password: err = %v", err)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := parseFlags(t, tc.env, append([]string{"-etcd", eps}, tc.args...)...)
+			cli, err := o.New(nil)
+			if err == nil {
+				defer cli.Close()
+				_, err = cli.Put(ctx, "k", "v")
+			}
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("put: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("err = %v; want %q", err, tc.wantErr)
+			}
+		})
 	}
 }
 
@@ -89,30 +234,45 @@ func TestTLSAgainstEtcdRequiringClientCertificates(t *testing.T) {
 	c, files := etcdtest.StartTLS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	good := Options{Endpoints: c.Endpoints(), CACert: files.CA, Cert: files.ClientCert, Key: files.ClientKey}
-	cli, err := good.New(nil)
-	if err != nil {
-		t.Fatal(err)
+	eps := strings.Join(c.Endpoints(), ",")
+	cases := []struct {
+		name      string
+		env       map[string]string
+		args      []string
+		wantErr   string // of the configuration; "" = none
+		wantPutOK bool
+	}{
+		{"-cacert, -cert, -key", nil, []string{"-etcd", eps, "-cacert", files.CA, "-cert", files.ClientCert, "-key", files.ClientKey}, "", true},
+		{"ETCDCTL_ variables", map[string]string{"ETCDCTL_ENDPOINTS": eps, "ETCDCTL_CACERT": files.CA,
+			"ETCDCTL_CERT": files.ClientCert, "ETCDCTL_KEY": files.ClientKey}, nil, "", true},
+		// Without a client certificate the server refuses the connection.
+		{"no client certificate", nil, []string{"-etcd", eps, "-cacert", files.CA}, "", false},
+		// A wrong CA file is reported clearly.
+		{"CA file holding a key", nil, []string{"-etcd", eps, "-cacert", files.ClientKey}, "holds no PEM certificate", false},
 	}
-	defer cli.Close()
-	if _, err := cli.Put(ctx, "k", "v"); err != nil {
-		t.Fatalf("put over TLS with -cacert/-cert/-key: %v", err)
-	}
-	// Without a client certificate the server refuses the connection.
-	noCert := Options{Endpoints: c.Endpoints(), CACert: files.CA}
-	cli2, err := noCert.New(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli2.Close()
-	short, cancel2 := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel2()
-	if _, err := cli2.Get(short, "k"); err == nil {
-		t.Fatal("etcd accepted a client without a certificate")
-	}
-	// A wrong CA file is reported clearly.
-	bad := Options{Endpoints: c.Endpoints(), CACert: files.ClientKey}
-	if _, err := bad.Config(nil); err == nil || !strings.Contains(err.Error(), "holds no PEM certificate") {
-		t.Fatalf("bad CA: %v", err)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := parseFlags(t, tc.env, tc.args...)
+			cli, err := o.New(nil)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v; want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			short, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			_, err = cli.Put(short, "k", "v")
+			if tc.wantPutOK && err != nil {
+				t.Fatalf("put over TLS: %v", err)
+			}
+			if !tc.wantPutOK && err == nil {
+				t.Fatal("etcd accepted a client without a certificate")
+			}
+		})
 	}
 }
