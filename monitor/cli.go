@@ -27,11 +27,13 @@ import (
 // the common ones.
 type operatorFlags struct {
 	timeout time.Duration
+	wait    time.Duration
 	asJSON  bool
 }
 
 func (o *operatorFlags) addFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "how long to wait for etcd and the leading monitor")
+	fs.DurationVar(&o.wait, "wait", 5*time.Minute, "how long to wait for the handoffs a command starts to end (0: do not wait)")
 	fs.BoolVar(&o.asJSON, "json", false, "print the result as JSON")
 }
 
@@ -98,14 +100,30 @@ func (inv *invocation) run(ctx context.Context, stdout, stderr io.Writer) error 
 	host, _ := os.Hostname()
 	req.From = "monitor-cli@" + host
 	resp, err := monitorapi.Send(ctx, cli, inv.c.layout, req)
-	if resp != nil {
-		if inv.asJSON {
-			enc := json.NewEncoder(stdout)
-			enc.SetIndent("", "  ")
-			enc.Encode(resp)
-		} else {
-			printResponse(stdout, inv.cmd.name, resp)
+	if resp == nil {
+		return err
+	}
+	waiting := resp.OK && !resp.DryRun && inv.wait > 0 && len(resp.Started)+len(resp.Queued) > 0
+	if !inv.asJSON {
+		printResponse(stdout, inv.cmd.name, resp)
+	}
+	if waiting {
+		if !inv.asJSON {
+			fmt.Fprintf(stdout, "waiting up to %v for %d handoff(s) (about %d wave(s))...\n", inv.wait, len(resp.Started)+len(resp.Queued), resp.Waves)
 		}
+		// The wait has its own bound; -timeout was for the request.
+		resp.Outcome = waitHandoffs(context.WithoutCancel(ctx), cli, inv.c.layout, resp, inv.wait, 200*time.Millisecond)
+		if !inv.asJSON {
+			printOutcome(stdout, resp.Outcome)
+		}
+		if n := len(resp.Outcome.Aborted) + len(resp.Outcome.Pending); n > 0 && err == nil {
+			err = fmt.Errorf("%d handoff(s) aborted, %d not finished within -wait %v", len(resp.Outcome.Aborted), len(resp.Outcome.Pending), inv.wait)
+		}
+	}
+	if inv.asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(resp)
 	}
 	return err
 }
@@ -212,7 +230,17 @@ func status(ctx context.Context, c common, cli *clientv3.Client, log *zap.Logger
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", n.NodeID, state, n.Buckets, n.LocalNodeURL, n.NodeURL)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(st.Moving)+st.Queued > 0 {
+		fmt.Fprintf(stdout, "handoffs: %d in progress, %d queued\n", len(st.Moving), st.Queued)
+		for _, m := range st.Moving {
+			fmt.Fprintf(stdout, "  %s  %s -> %s  for %s  (%s, epoch %d)\n", m.Bucket, m.From, m.To,
+				(time.Duration(m.AgeMS) * time.Millisecond).Round(100*time.Millisecond), orNone(m.Reason), m.Epoch)
+		}
+	}
+	return nil
 }
 
 func listOrNone(l []string) string {

@@ -93,8 +93,9 @@ func TestUsageText(t *testing.T) {
   monitor pin BUCKET NODE [-dry-run]        keep BUCKET (00..ff) on NODE while it is live
   monitor unpin BUCKET [-dry-run]           let BUCKET move again
   monitor auto-rebalance on|off [-dry-run]  rebalance on every change (off: only on request)
-Every command takes -cacert, -cert, -config, -etcd, -key, -log-json, -log-level, -password, -prefix, -user.
-Every command but run also takes -json, -timeout.
+Every command takes -cacert, -cert, -config, -endpoints, -etcd, -key, -log-json, -log-level, -password, -prefix, -user.
+Every command but run also takes -json, -timeout, -wait.
+etcd settings may also come from $ETCDCTL_ENDPOINTS, _CACERT, _CERT, _KEY, _USER, _PASSWORD (flags win).
 Run "monitor COMMAND -h" for a command's flags.
 `
 	if got := usageText(); got != want {

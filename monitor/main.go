@@ -71,6 +71,9 @@ func (c *common) finish() error {
 		}
 	}
 	if err := c.etcd.Validate(); err != nil {
+		if src := c.etcd.EndpointsSource(); src != "" {
+			return fmt.Errorf("%s: %v", src, err)
+		}
 		return fmt.Errorf("flag -etcd: %v", err)
 	}
 	var err error
@@ -202,6 +205,7 @@ func usageText() string {
 	}
 	fmt.Fprintf(&b, "Every command takes %s.\n", flagNames(new(common).addFlags))
 	fmt.Fprintf(&b, "Every command but %s also takes %s.\n", defaultCommand, flagNames(new(operatorFlags).addFlags))
+	b.WriteString("etcd settings may also come from $ETCDCTL_ENDPOINTS, _CACERT, _CERT, _KEY, _USER, _PASSWORD (flags win).\n")
 	b.WriteString(`Run "monitor COMMAND -h" for a command's flags.` + "\n")
 	return b.String()
 }

@@ -82,6 +82,19 @@ type Response struct {
 	Started []schema.Move `json:"started,omitempty"`
 	Queued  []schema.Move `json:"queued,omitempty"`
 	Waves   int           `json:"waves,omitempty"`
+	// Outcome is filled by a caller that waited for the handoffs (the CLI
+	// with -wait); the monitor leaves it empty.
+	Outcome *Outcome `json:"outcome,omitempty"`
+}
+
+// Outcome is how the handoffs of a response ended, as seen by a caller
+// that waited for them.
+type Outcome struct {
+	Committed []schema.Move `json:"committed"`           // the bucket is now on To
+	Aborted   []schema.Move `json:"aborted"`             // the bucket stayed on From
+	Pending   []schema.Move `json:"pending"`             // still moving or queued when the wait ended
+	Elsewhere []schema.Move `json:"elsewhere,omitempty"` // a later plan sent the bucket to a third node
+	Waited    string        `json:"waited"`              // how long, e.g. "4.2s"
 }
 
 // ErrNoMonitor: no monitor answered in time.

@@ -6,6 +6,7 @@ package statusview
 import (
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/watch"
@@ -16,6 +17,7 @@ const (
 	StateLive          = "live"           // registered, receives buckets
 	StateDrained       = "drained"        // registered, receives nothing
 	StateNotRegistered = "not_registered" // owns buckets but has no registration (dead, or its value is invalid)
+	StateLeaving       = "leaving"        // registered, handing its buckets off before a clean stop
 )
 
 // Node is one node in a view.
@@ -41,6 +43,21 @@ type Status struct {
 	Pins            map[string]string `json:"pins"`
 	AutoRebalance   bool              `json:"auto_rebalance"`
 	SettingsError   string            `json:"settings_error,omitempty"`
+	// Moving lists the handoffs in progress, oldest first; Queued counts
+	// the planned moves waiting for a slot.
+	Moving []Move `json:"moving"`
+	Queued int    `json:"queued"`
+}
+
+// Move is a handoff in progress.
+type Move struct {
+	Bucket string    `json:"bucket"`
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+	Epoch  int64     `json:"epoch"`
+	Since  time.Time `json:"since"`
+	AgeMS  int64     `json:"age_ms"`
+	Reason string    `json:"reason,omitempty"`
 }
 
 // Bucket is one bucket's owner.
@@ -49,11 +66,15 @@ type Bucket struct {
 	NodeID       string `json:"node_id"`                  // "" if unassigned
 	Routable     bool   `json:"routable"`                 // the owner is registered
 	LocalNodeURL string `json:"local_node_url,omitempty"` // where the proxy sends it
+	Epoch        int64  `json:"epoch,omitempty"`          // the version at which it last changed owner
+	MovingTo     string `json:"moving_to,omitempty"`      // a handoff to this node is in progress
+	MovingAgeMS  int64  `json:"moving_age_ms,omitempty"`  // since when
+	QueuedTo     string `json:"queued_to,omitempty"`      // a planned move waits for a slot
 }
 
 // NewStatus builds the status view of snap.
 func NewStatus(prefix string, snap *watch.Snapshot) Status {
-	st := Status{Prefix: prefix, Revision: snap.Revision, Nodes: []Node{}, Pins: map[string]string{},
+	st := Status{Prefix: prefix, Revision: snap.Revision, Nodes: []Node{}, Pins: map[string]string{}, Moving: []Move{},
 		Drained: append([]string{}, snap.Settings.Drained...), AutoRebalance: snap.Settings.AutoRebalance}
 	if snap.AssignmentError != nil {
 		st.AssignmentError = snap.AssignmentError.Error()
@@ -69,6 +90,14 @@ func NewStatus(prefix string, snap *watch.Snapshot) Status {
 		st.Version = a.Version
 		counts = a.Counts()
 		st.Unassigned = len(a.Owned(""))
+		st.Queued = len(a.Queued)
+		now := time.Now()
+		for _, b := range slices.Sorted(maps.Keys(a.Moving)) {
+			m := a.Moving[b]
+			st.Moving = append(st.Moving, Move{Bucket: b.String(), From: m.From, To: m.To, Epoch: m.Epoch,
+				Since: m.Since, AgeMS: now.Sub(m.Since).Milliseconds(), Reason: m.Reason})
+		}
+		slices.SortStableFunc(st.Moving, func(x, y Move) int { return x.Since.Compare(y.Since) })
 	} else {
 		st.Unassigned = bucket.Count
 	}
@@ -85,6 +114,9 @@ func NewStatus(prefix string, snap *watch.Snapshot) Status {
 			v.NodeURL, v.LocalNodeURL, v.State = n.NodeURL, n.LocalNodeURL, StateLive
 			if snap.Settings.IsDrained(id) {
 				v.State = StateDrained
+			}
+			if n.Leaving() {
+				v.State = StateLeaving
 			}
 		}
 		if err := snap.NodeErrors[id]; err != nil {
@@ -104,7 +136,14 @@ func Buckets(snap *watch.Snapshot) []Bucket {
 		if snap.Assignment == nil {
 			continue
 		}
-		out[i].NodeID = snap.Assignment.Owners[b]
+		a := snap.Assignment
+		out[i].NodeID, out[i].Epoch = a.Owners[b], a.Epochs[b]
+		if m, ok := a.Moving[b]; ok {
+			out[i].MovingTo, out[i].MovingAgeMS = m.To, time.Since(m.Since).Milliseconds()
+		}
+		if q, ok := a.Queued[b]; ok {
+			out[i].QueuedTo = q.To
+		}
 		if n, ok := snap.Owner(b); ok {
 			out[i].Routable, out[i].LocalNodeURL = true, n.LocalNodeURL
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/schema"
@@ -55,7 +56,7 @@ func TestNewStatus(t *testing.T) {
 		{
 			name: "nothing in etcd: every bucket unassigned",
 			snap: emptySnap(),
-			want: Status{Prefix: "/p", Nodes: []Node{}, Unassigned: bucket.Count, Drained: []string{}, Pins: map[string]string{}},
+			want: Status{Prefix: "/p", Nodes: []Node{}, Unassigned: bucket.Count, Drained: []string{}, Pins: map[string]string{}, Moving: []Move{}},
 		},
 		{
 			name: "live, drained and not registered nodes",
@@ -72,6 +73,7 @@ func TestNewStatus(t *testing.T) {
 				Drained:       []string{"n2"},
 				Pins:          map[string]string{"0a": "n1"},
 				AutoRebalance: true,
+				Moving:        []Move{},
 			},
 		},
 		{
@@ -85,6 +87,7 @@ func TestNewStatus(t *testing.T) {
 				Drained:         []string{},
 				Pins:            map[string]string{},
 				SettingsError:   "not a JSON settings object",
+				Moving:          []Move{},
 			},
 		},
 	}
@@ -145,5 +148,35 @@ func TestBuckets(t *testing.T) {
 				t.Errorf("%d routable buckets, want %d", routable, tc.routable)
 			}
 		})
+	}
+}
+
+func TestHandoffsInTheViews(t *testing.T) {
+	snap := watch.EmptySnapshot()
+	leaving := node("n2")
+	leaving.State = schema.NodeLeaving
+	snap.Nodes["n1"], snap.Nodes["n2"] = node("n1"), leaving
+	a := &schema.Assignment{Version: 9}
+	for b := range a.Owners {
+		a.Owners[b] = "n2"
+	}
+	a.NextEpochs(nil)
+	since := time.Now().Add(-3 * time.Second)
+	a.Moving = map[bucket.Bucket]schema.MoveState{
+		0x10: {From: "n2", To: "n1", Epoch: 9, Since: since, Reason: "drained"},
+		0x01: {From: "n2", To: "n1", Epoch: 8, Since: since.Add(-time.Second), Reason: "drained"},
+	}
+	a.Queued = map[bucket.Bucket]schema.QueuedMove{0x02: {To: "n1"}}
+	snap.Assignment = a
+	st := NewStatus("/p", snap)
+	if len(st.Moving) != 2 || st.Moving[0].Bucket != "01" || st.Moving[1].Bucket != "10" || st.Moving[1].AgeMS < 3000 || st.Queued != 1 {
+		t.Fatalf("moving %+v queued %d", st.Moving, st.Queued)
+	}
+	if st.Nodes[1].State != StateLeaving {
+		t.Fatalf("n2 state %s", st.Nodes[1].State)
+	}
+	bs := Buckets(snap)
+	if bs[0x10].MovingTo != "n1" || bs[0x10].MovingAgeMS < 3000 || bs[0x02].QueuedTo != "n1" || bs[0x03].MovingTo != "" || bs[0x03].Epoch != 9 {
+		t.Fatalf("buckets %+v %+v %+v", bs[0x10], bs[0x02], bs[0x03])
 	}
 }
