@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/dtablecluster/dtable-router/internal/etcdclient"
+	"github.com/dtablecluster/dtable-router/internal/leasedeadline"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/serverconfig"
 	"github.com/dtablecluster/dtable-router/internal/usage"
@@ -24,8 +25,18 @@ type settings struct {
 	ttl    time.Duration
 
 	health healthSettings
-	// notifyURL, if set, receives a POST for every assignment change.
-	notifyURL string
+	// notifyURL, if set, is the server's end of the server contract
+	// (protocol 2), or receives a POST for every assignment change
+	// (protocol 1).
+	notifyURL      string
+	notifyProtocol int
+	// handoff: how long a release may take, how long a clean stop may
+	// spend handing buckets off, the fence margin before the lease can
+	// expire (0: leasedeadline.DefaultMargin), a command to run on fence.
+	releaseTimeout  time.Duration
+	shutdownTimeout time.Duration
+	fenceMargin     time.Duration
+	fenceCommand    string
 
 	logLevel string
 	logJSON  bool
@@ -90,7 +101,12 @@ func parseFlags(args []string, stderr io.Writer) (*commandLine, error) {
 	fs.DurationVar(&s.health.interval, "health-interval", 5*time.Second, "time between health checks")
 	fs.DurationVar(&s.health.timeout, "health-timeout", 2*time.Second, "timeout of one health check")
 	fs.IntVar(&s.health.failures, "health-failures", 3, "consecutive failed checks before the node is withdrawn")
-	fs.StringVar(&s.notifyURL, "notify-url", "", "if set, POST every assignment change (version, buckets gained and lost) to this URL")
+	fs.StringVar(&s.notifyURL, "notify-url", "", "the server's notification URL: what to hold and release, its serving deadline (see docs/server-contract.md)")
+	fs.IntVar(&s.notifyProtocol, "notify-protocol", 2, "2: the server contract (hold, release, deadline, fence); 1: only assignment changes, releases acknowledged at once (unsafe)")
+	fs.DurationVar(&s.releaseTimeout, "release-timeout", 60*time.Second, "how long the server may take to save and release buckets")
+	fs.DurationVar(&s.shutdownTimeout, "shutdown-timeout", 60*time.Second, "on SIGTERM, how long to hand buckets off before withdrawing anyway")
+	fs.DurationVar(&s.fenceMargin, "fence-margin", 0, "the server stops serving this long before the lease can expire (default TTL/4, at least 2s)")
+	fs.StringVar(&s.fenceCommand, "fence-command", "", "run by /bin/sh when the server must drop every bucket (e.g. to stop it); gets $DTABLE_NODE_ID, $DTABLE_FENCE_REASON")
 	fs.StringVar(&s.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&s.logJSON, "log-json", false, "log JSON lines instead of text")
 	if err := fs.Parse(args); err != nil {
@@ -184,6 +200,18 @@ func (cl *commandLine) validate(o origin) error {
 		if err := schema.ValidateNodeURL("notify-url", s.notifyURL); err != nil {
 			return usage.Errorf("flag -notify-url: %v", err)
 		}
+	}
+	if s.notifyProtocol != 1 && s.notifyProtocol != 2 {
+		return usage.Errorf("flag -notify-protocol %d: want 1 or 2", s.notifyProtocol)
+	}
+	if s.fenceMargin == 0 {
+		s.fenceMargin = leasedeadline.DefaultMargin(s.ttl)
+	}
+	if s.fenceMargin < 0 || s.fenceMargin > s.ttl/2 {
+		return usage.Errorf("flag -fence-margin %v: want more than 0 and at most half the TTL (%v)", s.fenceMargin, s.ttl/2)
+	}
+	if s.releaseTimeout <= 0 || s.shutdownTimeout < 0 {
+		return usage.Errorf("flag -release-timeout must be positive and -shutdown-timeout not negative")
 	}
 	return nil
 }

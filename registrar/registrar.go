@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/leases"
+	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
@@ -31,22 +32,36 @@ func runRegistrar(ctx context.Context, s *settings, log *zap.Logger) error {
 	defer w.Stop()
 
 	r := &registrar{
-		cli:     cli,
-		layout:  s.layout,
-		node:    s.node,
-		ttl:     s.ttlSeconds(),
-		log:     log.With(zap.String("node_id", s.node.NodeID)),
-		watcher: w,
+		cli:             cli,
+		layout:          s.layout,
+		node:            s.node,
+		ttl:             s.ttlSeconds(),
+		log:             log.With(zap.String("node_id", s.node.NodeID)),
+		watcher:         w,
+		shutdownTimeout: s.shutdownTimeout,
 	}
 	if s.health.path != "" {
 		r.health = newHealthChecker(s.healthURL(), s.health, r.log.Named("health"))
 		go r.health.run(ctx)
 	}
-	if s.notifyURL != "" {
+	// The link to the server outlives ctx: a clean stop still hands
+	// buckets off and fences the server before the lease is revoked.
+	linkCtx, stopLink := context.WithCancel(context.Background())
+	defer stopLink()
+	ttl := time.Duration(r.ttl) * time.Second
+	r.link = &serverLink{nodeID: s.node.NodeID, cli: cli, layout: s.layout, watcher: w, log: r.log.Named("server"),
+		ttl: ttl, margin: s.fenceMargin, heartbeat: max(ttl/6, 100*time.Millisecond), releaseTimeout: s.releaseTimeout,
+		fenceCommand: s.fenceCommand}
+	switch {
+	case s.notifyURL != "" && s.notifyProtocol == 1:
 		n := &notifier{url: s.notifyURL, nodeID: s.node.NodeID, log: r.log.Named("notify")}
 		go n.run(ctx, w)
+	case s.notifyURL != "":
+		r.link.url = s.notifyURL
 	}
-	return r.run(ctx)
+	r.link.init()
+	go r.link.run(linkCtx)
+	return r.run(ctx, linkCtx)
 }
 
 // registrar keeps one node registered in etcd.
@@ -58,6 +73,9 @@ type registrar struct {
 	log     *zap.Logger
 	watcher *watch.Watcher
 	health  *healthChecker // nil: no health gate
+	link    *serverLink
+	// shutdownTimeout bounds the handoff of a clean stop.
+	shutdownTimeout time.Duration
 
 	// retry bounds the back-off between failed attempts; tests shorten it.
 	retryMin, retryMax time.Duration
@@ -67,7 +85,7 @@ type registrar struct {
 // registration is lost, until ctx ends; then it revokes the lease. A
 // conflicting registration found at the first contact with etcd is fatal
 // (two servers configured with one id); later it is logged and retried.
-func (r *registrar) run(ctx context.Context) error {
+func (r *registrar) run(ctx, linkCtx context.Context) error {
 	if r.retryMin == 0 {
 		r.retryMin, r.retryMax = 200*time.Millisecond, 5*time.Second
 	}
@@ -109,6 +127,7 @@ func (r *registrar) run(ctx context.Context) error {
 		r.log.Info("registered", zap.String("key", r.layout.NodeKey(r.node.NodeID)),
 			zap.String("node_url", r.node.NodeURL), zap.String("local_node_url", r.node.LocalNodeURL),
 			zap.Int64("ttl_seconds", r.ttl), zap.String("lease", leaseHex(sess.Lease())))
+		r.link.attach(linkCtx, sess.Lease())
 		if err := r.hold(ctx, sub, sess, rev); err != nil {
 			return err
 		}
@@ -130,16 +149,20 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 	for {
 		select {
 		case <-ctx.Done():
+			r.leave(sub, sess)
+			r.link.detach("clean stop")
 			r.withdraw(sess)
 			return nil
 		case <-sess.Done():
 			// The keep-alive stopped: the lease expired or was revoked, or
 			// etcd did not renew it for a whole TTL.
 			r.log.Warn("lease lost; registering again with a new lease", zap.String("lease", leaseHex(sess.Lease())))
+			r.link.detach("lease lost")
 			return nil
 		case <-healthChanged:
 			if !r.health.healthy() {
 				r.log.Warn("local server unhealthy; withdrawing the registration", zap.String("health_url", r.health.url))
+				r.link.detach("local server unhealthy")
 				r.withdraw(sess)
 				return nil
 			}
@@ -151,6 +174,7 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 			_, corrupt := snap.NodeErrors[r.node.NodeID]
 			switch {
 			case present && !corrupt && !cur.SameEndpoints(r.node):
+				r.link.detach("another server registered with this node_id")
 				return fmt.Errorf("%w: %s now holds node_url %s, local_node_url %s, written by someone else; "+
 					"is another server configured with node_id %q?", errConflict, r.layout.NodeKey(r.node.NodeID),
 					cur.NodeURL, cur.LocalNodeURL, r.node.NodeID)
@@ -159,6 +183,7 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 				rev, err := r.put(ctx, sess.Lease())
 				if err != nil {
 					r.log.Warn("re-writing the registration failed; registering again", zap.Error(err))
+					r.link.detach("registration could not be re-written")
 					r.withdraw(sess)
 					return nil
 				}
@@ -298,4 +323,47 @@ func (r *registrar) waitHealthy(ctx context.Context) bool {
 		}
 	}
 	return true
+}
+
+// leave hands this node's buckets off before a clean stop: it marks the
+// registration "leaving" (the monitor then moves every bucket away through
+// the handoff) and waits until the node owns nothing and hands nothing
+// off, at most shutdownTimeout. With nothing to hand off, or no monitor to
+// do it, it returns at once.
+func (r *registrar) leave(sub *watch.Subscription, sess *concurrency.Session) {
+	owned := func(s *watch.Snapshot) int {
+		if s == nil || s.Assignment == nil {
+			return 0
+		}
+		return len(s.Assignment.Owned(r.node.NodeID))
+	}
+	snap := r.watcher.Snapshot()
+	if owned(snap) == 0 || r.shutdownTimeout == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.shutdownTimeout)
+	defer cancel()
+	if leader, err := monitorapi.Leader(ctx, r.cli, r.layout); err != nil || leader == "" {
+		r.log.Warn("stopping without a handoff: no monitor leads to move the buckets", zap.Error(err))
+		return
+	}
+	r.node.State = schema.NodeLeaving
+	if _, err := r.put(ctx, sess.Lease()); err != nil {
+		r.log.Warn("could not mark the node leaving; stopping without a handoff", zap.Error(err))
+		return
+	}
+	start := time.Now()
+	r.log.Info("leaving: handing buckets off before stopping", zap.Int("buckets", owned(snap)), zap.Duration("at_most", r.shutdownTimeout))
+	for owned(snap) > 0 {
+		select {
+		case <-ctx.Done():
+			r.log.Warn("shutdown timeout: withdrawing with buckets still owned; they move once the server is fenced",
+				zap.Int("buckets", owned(snap)), zap.Duration("after", time.Since(start)))
+			return
+		case snap = <-sub.C:
+		case <-sess.Done():
+			return
+		}
+	}
+	r.log.Info("every bucket handed off", zap.Duration("took", time.Since(start)))
 }

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/leasedeadline"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
@@ -27,6 +28,8 @@ func testSettings(c *etcdtest.Etcd, id string, ttl time.Duration) *settings {
 	s := &settings{
 		node: schema.Node{NodeID: id, NodeURL: "https://" + id + ".example.com/", LocalNodeURL: "http://127.0.0.1:9/"},
 		ttl:  ttl, layout: testLayout,
+		notifyProtocol: 2, releaseTimeout: 10 * time.Second, shutdownTimeout: 10 * time.Second,
+		fenceMargin: leasedeadline.DefaultMargin(ttl),
 	}
 	s.etcd.Endpoints = c.Endpoints()
 	return s
@@ -299,6 +302,7 @@ func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
 
 	s := testSettings(c, "n1", 5*time.Second)
 	s.notifyURL = receiver.URL + "/cluster-notify"
+	s.notifyProtocol = 1 // the assignment changes only, one by one
 	startRegistrar(t, s)
 	// The first notification reports the state the registrar first sees;
 	// the changes below must come after it to be notified one by one.

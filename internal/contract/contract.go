@@ -69,6 +69,9 @@ type Notification struct {
 	// Fence: drop every bucket now, without saving to shared storage.
 	Fence  bool   `json:"fence,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Heartbeat: this message only renews ServeForMS; it carries no
+	// state (sent beside a state message that may wait for a release).
+	Heartbeat bool `json:"heartbeat,omitempty"`
 }
 
 // ReleaseOrder names the move a release is for; the server may log it.

@@ -283,6 +283,15 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
+	if n.Heartbeat {
+		s.mu.Lock()
+		if n.ServeForMS > 0 {
+			s.setDeadline(received.Add(time.Duration(n.ServeForMS) * time.Millisecond))
+		}
+		s.mu.Unlock()
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	var releasing []string
 	s.mu.Lock()
 	s.notified++
