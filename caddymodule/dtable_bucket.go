@@ -101,14 +101,10 @@ const (
 )
 
 func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	b, found, err := h.finder.find(r)
-	if err != nil {
-		reason := reasonMalformedUUID
-		if strings.Contains(err.Error(), "missing base UUID") {
-			reason = reasonMissingUUID
-		}
-		errorCounter(reason).Inc()
-		return writeError(w, http.StatusBadRequest, "", reason, err.Error(), "")
+	b, found, uerr := h.finder.find(r)
+	if uerr != nil {
+		errorCounter(uerr.reason()).Inc()
+		return writeError(w, http.StatusBadRequest, "", uerr.reason(), uerr.Error(), "")
 	}
 	var (
 		t       *routeTable
