@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -53,17 +55,27 @@ type env struct {
 	cli      *clientv3.Client
 	backends map[string]*backend
 	tester   *caddytest.Tester
+	extra    extraConfig
+}
+
+// extraConfig is more Caddyfile for a test: global options, and lines in
+// the proxy site besides dtable_bucket_proxy.
+type extraConfig struct {
+	global, proxySite string
 }
 
 // setup starts etcd, three backends registered as n1..n3 (n3's
 // local_node_url has a path prefix), an assignment (bucket b -> n(b%3+1)),
 // and loads a Caddy config with the proxy and admin sites.
-func setup(t *testing.T) *env {
+func setup(t *testing.T) *env { return setupWith(t, extraConfig{}) }
+
+// setupWith is setup with more Caddyfile.
+func setupWith(t *testing.T, extra extraConfig) *env {
 	portsOnce.Do(func() {
 		adminPort, proxyPort, siteAdminPort, httpPort, httpsPort = testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	})
 	watchProgressInterval = 200 * time.Millisecond
-	e := &env{t: t, etcd: etcdtest.Start(t), backends: map[string]*backend{}}
+	e := &env{t: t, etcd: etcdtest.Start(t), backends: map[string]*backend{}, extra: extra}
 	e.cli = e.etcd.Client(t)
 	for _, n := range []string{"n1", "n2", "n3"} {
 		e.backends[n] = newBackend(t, n)
@@ -87,12 +99,14 @@ func (e *env) config() string {
 	grace_period 1ns
 	skip_install_trust
 	auto_https off
+%s
 }
 :%d {
 	dtable_bucket_proxy {
 		etcd %s
 		lb_try_duration 500ms
 	}
+%s
 }
 :%d {
 	dtable_cluster_admin {
@@ -100,7 +114,7 @@ func (e *env) config() string {
 		request_timeout 1500ms
 	}
 }
-`, adminPort, httpPort, httpsPort, proxyPort, eps, siteAdminPort, eps)
+`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, e.extra.proxySite, siteAdminPort, eps)
 }
 
 func (e *env) load() {
@@ -322,6 +336,109 @@ func TestErrorsSayWhatIsWrong(t *testing.T) {
 			t.Errorf("/ping/: %d %s", r.status, r.raw)
 		}
 	})
+}
+
+// With handle_errors, the site answers routing errors itself, seeing the
+// status, the message and the placeholders; access logs see the
+// placeholders through log_append, and Caddy's error log has the errors.
+func TestHandleErrorsSeesThePlaceholders(t *testing.T) {
+	dir := t.TempDir()
+	accessLog, errorLog := filepath.Join(dir, "access.log"), filepath.Join(dir, "error.log")
+	e := setupWith(t, extraConfig{
+		global: fmt.Sprintf(`	log routing_errors {
+		output file %s
+		format json
+		level DEBUG
+		include http.log.error
+	}`, errorLog),
+		proxySite: fmt.Sprintf(`	log {
+		output file %s
+		format json
+	}
+	log_append bucket {http.dtable_bucket.bucket}
+	log_append node {http.dtable_bucket.node}
+	log_append reason {http.dtable_bucket.reason}
+	handle_errors {
+		respond "{http.error.status_code} {http.dtable_bucket.reason} {http.dtable_bucket.bucket} {http.dtable_bucket.node}: {http.error.message}"
+	}`, accessLog),
+	})
+	e.putUnroutableAssignment()
+	for _, tt := range routingErrorCases {
+		t.Run(tt.name, func(t *testing.T) {
+			a := do(t, "GET", proxyURL(tt.path), nil)
+			prefix := fmt.Sprintf("%d %s %s %s: ", tt.status, tt.reason, tt.bucket, tt.node)
+			if a.status != tt.status || !strings.HasPrefix(a.raw, prefix) || strings.Contains(a.header.Get("Content-Type"), "json") {
+				t.Errorf("%d %v %q; want %d and a text body starting %q", a.status, a.header, a.raw, tt.status, prefix)
+			}
+			for _, want := range tt.messageContains {
+				if !strings.Contains(a.raw, want) {
+					t.Errorf("body %q does not say %q", a.raw, want)
+				}
+			}
+			if want := map[int]string{503: "5"}[tt.status]; a.header.Get("Retry-After") != want {
+				t.Errorf("Retry-After %q; want %q", a.header.Get("Retry-After"), want)
+			}
+		})
+	}
+	routed := do(t, "GET", proxyURL("/dtables/"+uuidIn(0x03)), nil)
+	if routed.status != 200 || routed.body["node"] != "n1" {
+		t.Fatalf("routed request: %d %s", routed.status, routed.raw)
+	}
+
+	t.Run("access log", func(t *testing.T) {
+		want := map[string][3]string{"/dtables/" + uuidIn(0x03): {"03", "n1", ""}}
+		for _, tt := range routingErrorCases {
+			want[tt.path] = [3]string{tt.bucket, tt.node, tt.reason}
+		}
+		got := map[string][3]string{}
+		testutil.Eventually(t, 5*time.Second, "an access log entry of every request", func() bool {
+			for _, entry := range readJSONLines(t, accessLog) {
+				var l struct {
+					Request              struct{ URI string }
+					Bucket, Node, Reason string
+				}
+				json.Unmarshal(entry, &l)
+				got[l.Request.URI] = [3]string{l.Bucket, l.Node, l.Reason}
+			}
+			return len(got) >= len(want)
+		})
+		for uri, w := range want {
+			if got[uri] != w {
+				t.Errorf("%s: access log has bucket, node, reason %q; want %q", uri, got[uri], w)
+			}
+		}
+	})
+	t.Run("error log", func(t *testing.T) {
+		testutil.Eventually(t, 5*time.Second, "the error log has the 503 of bucket 01", func() bool {
+			for _, entry := range readJSONLines(t, errorLog) {
+				var l struct {
+					Logger, Msg string
+					Status      int
+				}
+				json.Unmarshal(entry, &l)
+				// http.log.error, or a sub-logger named after the site's access log
+				if strings.HasPrefix(l.Logger, "http.log.error") && l.Status == 503 && strings.HasPrefix(l.Msg, "bucket 01: not assigned") {
+					return true
+				}
+			}
+			return false
+		})
+	})
+}
+
+// readJSONLines returns the lines of a JSON log file (none if it does not exist yet).
+func readJSONLines(t *testing.T, file string) []json.RawMessage {
+	data, err := os.ReadFile(file)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var lines []json.RawMessage
+	for _, l := range bytes.Split(data, []byte("\n")) {
+		if json.Valid(l) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 func dialWS(t *testing.T, b bucket.Bucket) *websocket.Conn {
