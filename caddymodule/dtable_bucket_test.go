@@ -14,10 +14,10 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
-// unroutableCluster is a follower without etcd whose assignment gives
+// unroutableFollower is a follower without etcd whose assignment gives
 // every bucket to n1, except 01 (unassigned) and 02 (owned by ghost, which
 // is not registered).
-func unroutableCluster() *follower {
+func unroutableFollower() *follower {
 	fw := &follower{}
 	snap := watch.EmptySnapshot()
 	snap.Nodes["n1"] = schema.Node{NodeID: "n1", NodeURL: "https://n1/", LocalNodeURL: "http://127.0.0.1:5000/"}
@@ -73,13 +73,13 @@ func TestRoutingErrors(t *testing.T) {
 		// {http.dtable_bucket.bucket}, .node, .reason
 		placeholders [3]string
 	}{
-		{"malformed UUID", unroutableCluster(), "any_node", "/dtables/xyz", 400, [3]string{"", "", "malformed_uuid"}},
-		{"missing UUID", unroutableCluster(), "any_node", "/dtables/", 400, [3]string{"", "", "missing_uuid"}},
-		{"no UUID, reject", unroutableCluster(), "reject", "/ping/", 400, [3]string{"", "", "missing_uuid"}},
+		{"malformed UUID", unroutableFollower(), "any_node", "/dtables/xyz", 400, [3]string{"", "", "malformed_uuid"}},
+		{"missing UUID", unroutableFollower(), "any_node", "/dtables/", 400, [3]string{"", "", "missing_uuid"}},
+		{"no UUID, reject", unroutableFollower(), "reject", "/ping/", 400, [3]string{"", "", "missing_uuid"}},
 		{"no UUID, no node", followerWithoutAssignment(), "any_node", "/ping/", 503, [3]string{"", "", "no_node"}},
 		{"no assignment", followerWithoutAssignment(), "any_node", "/dtables/" + uuidIn(0x5c), 503, [3]string{"5c", "", "no_assignment"}},
-		{"unassigned bucket", unroutableCluster(), "any_node", "/dtables/" + uuidIn(0x01), 503, [3]string{"01", "", "bucket_unassigned"}},
-		{"owner not registered", unroutableCluster(), "any_node", "/dtables/" + uuidIn(0x02), 503, [3]string{"02", "ghost", "owner_not_registered"}},
+		{"unassigned bucket", unroutableFollower(), "any_node", "/dtables/" + uuidIn(0x01), 503, [3]string{"01", "", "bucket_unassigned"}},
+		{"owner not registered", unroutableFollower(), "any_node", "/dtables/" + uuidIn(0x02), 503, [3]string{"02", "ghost", "owner_not_registered"}},
 	}
 	for _, tt := range tests {
 		retryAfter := map[int]string{503: "5"}[tt.status]
@@ -137,7 +137,7 @@ func TestRoutedRequestPlaceholders(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rec, err, repl, next := serve(t, unroutableCluster(), "any_node", tt.target, false)
+			rec, err, repl, next := serve(t, unroutableFollower(), "any_node", tt.target, false)
 			if err != nil || !next || rec.Body.Len() != 0 {
 				t.Fatalf("returned %v, next called %v, wrote %q; want it routed", err, next, rec.Body)
 			}
@@ -151,7 +151,7 @@ func TestRoutedRequestPlaceholders(t *testing.T) {
 // A bucket that moves between the handler and the proxy's dial is not
 // sent to its old owner, and handle_errors can tell why.
 func TestUpstreamsRefuseAMovedBucket(t *testing.T) {
-	fw := unroutableCluster()
+	fw := unroutableFollower()
 	repl := caddy.NewReplacer()
 	r := caddyhttp.PrepareRequest(httptest.NewRequest("GET", "/dtables/"+uuidIn(0x5c), nil), repl, nil, &caddyhttp.Server{})
 	_, chosen := fw.lookup(0x5c)

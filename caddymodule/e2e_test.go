@@ -576,7 +576,7 @@ func TestAdminSiteLookupNodesBucketsAndMetrics(t *testing.T) {
 	}
 }
 
-func TestReloadKeepsTheSharedCluster(t *testing.T) {
+func TestReloadKeepsTheSharedFollower(t *testing.T) {
 	e := setup(t)
 	var before *follower
 	forEachFollower(func(fw *follower) { before = fw })
@@ -590,7 +590,7 @@ func TestReloadKeepsTheSharedCluster(t *testing.T) {
 		}
 	})
 	if count != 1 || before.watcher.Status().Relists != relists {
-		t.Fatalf("%d clusters after reload; relists %d -> %d", count, relists, before.watcher.Status().Relists)
+		t.Fatalf("%d followers after reload; relists %d -> %d", count, relists, before.watcher.Status().Relists)
 	}
 	if a := do(t, "GET", proxyURL("/dtables/"+uuidIn(0)), nil); a.body["node"] != "n1" {
 		t.Fatalf("after reload: %s", a.raw)

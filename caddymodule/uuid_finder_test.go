@@ -63,8 +63,8 @@ func reasonOf(err *uuidError) string {
 	return err.reason()
 }
 
-// testCluster is a shared follower with a table but no etcd, for unit tests.
-func testCluster() *follower {
+// testFollower is a shared follower with a table but no etcd, for unit tests.
+func testFollower() *follower {
 	fw := &follower{}
 	snap := watch.EmptySnapshot()
 	snap.Nodes["n1"] = schema.Node{NodeID: "n1", NodeURL: "https://n1/", LocalNodeURL: "http://127.0.0.1:5000/"}
@@ -77,7 +77,7 @@ func testCluster() *follower {
 }
 
 func TestRequestPathLookupAllocatesNothing(t *testing.T) {
-	f, fw := defaultFinder(), testCluster()
+	f, fw := defaultFinder(), testFollower()
 	r := httptest.NewRequest("GET", "/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/", nil)
 	q := httptest.NewRequest("GET", "/socket.io/?EIO=4&dtable_uuid=5c264e76-0e5a-448a-9f34-580b551364ca", nil)
 	allocs := testing.AllocsPerRun(1000, func() {
@@ -95,7 +95,7 @@ func TestRequestPathLookupAllocatesNothing(t *testing.T) {
 }
 
 func BenchmarkFindAndLookup(b *testing.B) {
-	f, fw := defaultFinder(), testCluster()
+	f, fw := defaultFinder(), testFollower()
 	r := httptest.NewRequest("GET", "/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/", nil)
 	b.ReportAllocs()
 	for b.Loop() {
