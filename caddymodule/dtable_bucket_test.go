@@ -31,10 +31,17 @@ func unroutableFollower() *follower {
 	return fw
 }
 
+// served is what a DtableBucket did with one request.
+type served struct {
+	rec  *httptest.ResponseRecorder // what it wrote
+	err  error                      // what it returned
+	repl *caddy.Replacer            // the request's placeholders
+	next bool                       // whether it called the next handler
+}
+
 // serve runs a DtableBucket (not provisioned: no etcd) on one request of
-// a server with or without error routes, and returns what it wrote,
-// returned and set as placeholders; next records whether it was called.
-func serve(t *testing.T, fw *follower, noUUID, target string, errorRoutes bool) (rec *httptest.ResponseRecorder, err error, repl *caddy.Replacer, nextCalled bool) {
+// a server with or without error routes.
+func serve(t *testing.T, fw *follower, noUUID, target string, errorRoutes bool) served {
 	t.Helper()
 	h := &DtableBucket{NoUUID: noUUID, finder: *defaultFinder(), retryAfter: "5"}
 	h.follower = fw
@@ -42,13 +49,13 @@ func serve(t *testing.T, fw *follower, noUUID, target string, errorRoutes bool) 
 	if errorRoutes {
 		srv.Errors = &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{{}}}
 	}
-	rec, repl = httptest.NewRecorder(), caddy.NewReplacer()
-	r := caddyhttp.PrepareRequest(httptest.NewRequest("GET", target, nil), repl, rec, srv)
-	err = h.ServeHTTP(rec, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
-		nextCalled = true
+	s := served{rec: httptest.NewRecorder(), repl: caddy.NewReplacer()}
+	r := caddyhttp.PrepareRequest(httptest.NewRequest("GET", target, nil), s.repl, s.rec, srv)
+	s.err = h.ServeHTTP(s.rec, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		s.next = true
 		return nil
 	}))
-	return rec, err, repl, nextCalled
+	return s
 }
 
 func placeholders(repl *caddy.Replacer) [3]string {
@@ -84,9 +91,10 @@ func TestRoutingErrors(t *testing.T) {
 	for _, tt := range tests {
 		retryAfter := map[int]string{503: "5"}[tt.status]
 		t.Run(tt.name+"/default answer", func(t *testing.T) {
-			rec, err, repl, next := serve(t, tt.fw, tt.noUUID, tt.target, false)
-			if err != nil || next {
-				t.Fatalf("returned %v, next called %v; want the handler to answer", err, next)
+			s := serve(t, tt.fw, tt.noUUID, tt.target, false)
+			rec := s.rec
+			if s.err != nil || s.next {
+				t.Fatalf("returned %v, next called %v; want the handler to answer", s.err, s.next)
 			}
 			var body map[string]string
 			if rec.Code != tt.status || rec.Header().Get("Content-Type") != "application/json" ||
@@ -99,19 +107,20 @@ func TestRoutingErrors(t *testing.T) {
 			if got := rec.Header().Get("Retry-After"); got != retryAfter {
 				t.Errorf("Retry-After %q; want %q", got, retryAfter)
 			}
-			if got := placeholders(repl); got != tt.placeholders {
+			if got := placeholders(s.repl); got != tt.placeholders {
 				t.Errorf("placeholders %q; want %q", got, tt.placeholders)
 			}
 		})
 		t.Run(tt.name+"/error routes", func(t *testing.T) {
-			rec, err, repl, next := serve(t, tt.fw, tt.noUUID, tt.target, true)
+			s := serve(t, tt.fw, tt.noUUID, tt.target, true)
+			rec := s.rec
 			var he caddyhttp.HandlerError
-			if !errors.As(err, &he) || he.StatusCode != tt.status || next {
-				t.Fatalf("returned %v, next called %v; want a caddyhttp.HandlerError with status %d", err, next, tt.status)
+			if !errors.As(s.err, &he) || he.StatusCode != tt.status || s.next {
+				t.Fatalf("returned %v, next called %v; want a caddyhttp.HandlerError with status %d", s.err, s.next, tt.status)
 			}
 			var re *routingError
-			if !errors.As(err, &re) || re.reason != tt.placeholders[2] {
-				t.Errorf("error %v does not carry the routing error %s", err, tt.placeholders[2])
+			if !errors.As(s.err, &re) || re.reason != tt.placeholders[2] {
+				t.Errorf("error %v does not carry the routing error %s", s.err, tt.placeholders[2])
 			}
 			if rec.Code != http.StatusOK || rec.Body.Len() != 0 || rec.Header().Get("Content-Type") != "" {
 				t.Errorf("the handler wrote %d %v %q; the error routes answer", rec.Code, rec.Header(), rec.Body)
@@ -119,7 +128,7 @@ func TestRoutingErrors(t *testing.T) {
 			if got := rec.Header().Get("Retry-After"); got != retryAfter {
 				t.Errorf("Retry-After %q; want %q", got, retryAfter)
 			}
-			if got := placeholders(repl); got != tt.placeholders {
+			if got := placeholders(s.repl); got != tt.placeholders {
 				t.Errorf("placeholders %q; want %q", got, tt.placeholders)
 			}
 		})
@@ -137,11 +146,11 @@ func TestRoutedRequestPlaceholders(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			rec, err, repl, next := serve(t, unroutableFollower(), "any_node", tt.target, false)
-			if err != nil || !next || rec.Body.Len() != 0 {
-				t.Fatalf("returned %v, next called %v, wrote %q; want it routed", err, next, rec.Body)
+			s := serve(t, unroutableFollower(), "any_node", tt.target, false)
+			if s.err != nil || !s.next || s.rec.Body.Len() != 0 {
+				t.Fatalf("returned %v, next called %v, wrote %q; want it routed", s.err, s.next, s.rec.Body)
 			}
-			if got := placeholders(repl); got != tt.placeholders {
+			if got := placeholders(s.repl); got != tt.placeholders {
 				t.Errorf("placeholders %q; want %q", got, tt.placeholders)
 			}
 		})
