@@ -18,46 +18,6 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("dtable_cluster_admin", httpcaddyfile.Before, "reverse_proxy")
 }
 
-// clusterSubdirectives say where the cluster is; both directives take them:
-//
-//	etcd <endpoint...>
-//	config <dtable_server_config.json>   (its etcd_host_list, when etcd is not given)
-//	prefix <etcd key prefix>
-//	etcd_cacert <file>
-//	etcd_cert <file>
-//	etcd_key <file>
-//	etcd_user <name>
-//	etcd_password <password>
-var clusterSubdirectives = map[string]func(*EtcdConfig) *string{
-	"config":        func(c *EtcdConfig) *string { return &c.ServerConfig },
-	"prefix":        func(c *EtcdConfig) *string { return &c.Prefix },
-	"etcd_cacert":   func(c *EtcdConfig) *string { return &c.EtcdCACert },
-	"etcd_cert":     func(c *EtcdConfig) *string { return &c.EtcdCert },
-	"etcd_key":      func(c *EtcdConfig) *string { return &c.EtcdKey },
-	"etcd_user":     func(c *EtcdConfig) *string { return &c.EtcdUser },
-	"etcd_password": func(c *EtcdConfig) *string { return &c.EtcdPassword },
-	"etcd":          nil, // a list
-}
-
-// parseClusterSubdirective reads the cluster subdirective at the current
-// token and returns how many arguments it had.
-func parseClusterSubdirective(d *caddyfile.Dispenser, c *EtcdConfig) (int, error) {
-	name := d.Val()
-	args := d.RemainingArgs()
-	if name == "etcd" {
-		if len(args) == 0 {
-			return 0, d.ArgErr()
-		}
-		c.Etcd = append(c.Etcd, args...)
-		return len(args), nil
-	}
-	if len(args) != 1 {
-		return 0, d.ArgErr()
-	}
-	*clusterSubdirectives[name](c) = args[0]
-	return 1, nil
-}
-
 // parseBucketProxy sets up dtable_bucket_proxy:
 //
 //	dtable_bucket_proxy [<matcher>] {
@@ -68,82 +28,95 @@ func parseClusterSubdirective(d *caddyfile.Dispenser, c *EtcdConfig) (int, error
 //	    uuid_query <param...>
 //	    no_uuid any_node|reject
 //	    retry_after <duration>
-//	    <any reverse_proxy subdirective, except upstreams>
+//	    <any reverse_proxy subdirective, except to and dynamic>
 //	}
 //
 // It adapts to a route of two handlers: dtable_bucket, which finds the
 // request's bucket and owner, and a plain reverse_proxy whose upstream is
-// the dtable_bucket dynamic source. Caddy's own proxy so does transport,
-// WebSocket, headers and retries.
+// the dtable_bucket dynamic source, so Caddy's own proxy does transport,
+// WebSocket, headers and retries. This follows Caddy's php_fastcgi
+// directive (modules/caddyhttp/reverseproxy/fastcgi/caddyfile.go): read our
+// own subdirectives, deleting their tokens as we go, then hand the
+// remaining tokens to reverse_proxy's own Caddyfile unmarshaler.
+//
+// The list subdirectives (etcd, uuid_path_prefix, uuid_query) may be
+// repeated; their lines add up, as reverse_proxy's to lines do. Any other
+// subdirective of ours given twice is an error.
 func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
-	if !h.Next() {
+	if !h.Next() { // the directive name
 		return nil, h.ArgErr()
 	}
-	userMatcherSet, err := h.ExtractMatcherSet()
+	userMatcherSet, err := h.ExtractMatcherSet() // also rewinds h
 	if err != nil {
 		return nil, err
 	}
+	h.Next() // the directive name again
+	// A dispenser of the directive's tokens (without the matcher) that can
+	// be reset for reverse_proxy once ours are deleted.
 	d := h.NewFromNextSegment()
-	router := &DtableBucket{}
-	for d.Next() {
-		if d.CountRemainingArgs() > 0 {
-			return nil, d.Errf("dtable_bucket_proxy takes no upstream addresses: the bucket's owner is looked up in etcd")
-		}
-		for d.NextBlock(0) {
-			if d.Nesting() != 1 {
-				continue // inside a reverse_proxy sub-block
-			}
-			var n int
-			if _, ours := clusterSubdirectives[d.Val()]; ours {
-				if n, err = parseClusterSubdirective(d, &router.EtcdConfig); err != nil {
-					return nil, err
-				}
-			} else {
-				var args []string
-				switch d.Val() {
-				case "uuid_path_prefix":
-					args = d.RemainingArgs()
-					if len(args) == 0 {
-						return nil, d.ArgErr()
-					}
-					router.UUIDPathPrefixes = append(router.UUIDPathPrefixes, args...)
-				case "uuid_query":
-					args = d.RemainingArgs()
-					if len(args) == 0 {
-						return nil, d.ArgErr()
-					}
-					router.UUIDQueryParams = append(router.UUIDQueryParams, args...)
-				case "no_uuid":
-					args = d.RemainingArgs()
-					if len(args) != 1 || (args[0] != "any_node" && args[0] != "reject") {
-						return nil, d.Errf("no_uuid: want any_node or reject")
-					}
-					router.NoUUID = args[0]
-				case "retry_after":
-					args = d.RemainingArgs()
-					if len(args) != 1 {
-						return nil, d.ArgErr()
-					}
-					dur, err := caddy.ParseDuration(args[0])
-					if err != nil {
-						return nil, d.Errf("retry_after: %v", err)
-					}
-					router.RetryAfter = caddy.Duration(dur)
-				case "to", "dynamic":
-					return nil, d.Errf("dtable_bucket_proxy chooses the upstream itself (the bucket's owner in etcd); remove %q", d.Val())
-				default:
-					d.RemainingArgs() // a reverse_proxy subdirective: skip its arguments
-					continue
-				}
-				n = len(args)
-			}
-			d.DeleteN(n + 1) // so reverse_proxy does not see it
-		}
-	}
-	d.Reset()
-
-	rp := &reverseproxy.Handler{}
 	d.Next() // the directive name
+	if d.CountRemainingArgs() > 0 {
+		return nil, d.Errf("dtable_bucket_proxy takes no upstream addresses: the bucket's owner is looked up in etcd")
+	}
+	router := new(DtableBucket)
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Nesting() > nesting+1 {
+			continue // inside the block of a reverse_proxy subdirective
+		}
+		name := d.Val()
+		args := d.RemainingArgs()
+		switch name {
+		case "uuid_path_prefix":
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			router.UUIDPathPrefixes = append(router.UUIDPathPrefixes, args...)
+		case "uuid_query":
+			if len(args) == 0 {
+				return nil, d.ArgErr()
+			}
+			router.UUIDQueryParams = append(router.UUIDQueryParams, args...)
+		case "no_uuid":
+			if seen[name] {
+				return nil, d.Errf("%s already specified", name)
+			}
+			if len(args) != 1 || (args[0] != "any_node" && args[0] != "reject") {
+				return nil, d.Errf("no_uuid: want any_node or reject")
+			}
+			router.NoUUID = args[0]
+		case "retry_after":
+			if seen[name] {
+				return nil, d.Errf("%s already specified", name)
+			}
+			if len(args) != 1 {
+				return nil, d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(args[0])
+			if err != nil {
+				return nil, d.Errf("retry_after: %v", err)
+			}
+			router.RetryAfter = caddy.Duration(dur)
+		case "to", "dynamic":
+			return nil, d.Errf("dtable_bucket_proxy chooses the upstream itself (the bucket's owner in etcd); remove %q", name)
+		default:
+			ours, err := router.EtcdConfig.unmarshalSubdirective(d, name, args, seen[name])
+			if err != nil {
+				return nil, err
+			}
+			if !ours {
+				continue // a reverse_proxy subdirective: leave it to reverse_proxy
+			}
+		}
+		if d.NextBlock(d.Nesting()) {
+			return nil, d.Errf("%s takes no block", name)
+		}
+		seen[name] = true
+		d.DeleteN(len(args) + 1) // so that reverse_proxy does not see it
+	}
+
+	d.Reset()
+	rp := new(reverseproxy.Handler)
 	if err := rp.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
 	}
@@ -171,36 +144,99 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 //	    request_timeout <duration>
 //	}
 func parseClusterAdmin(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	a := &DtableClusterAdmin{}
+	a := new(DtableClusterAdmin)
 	return a, a.UnmarshalCaddyfile(h.Dispenser)
 }
 
-// UnmarshalCaddyfile reads the dtable_cluster_admin block.
+// UnmarshalCaddyfile reads the dtable_cluster_admin block (see
+// parseClusterAdmin). etcd lines add up; any other subdirective given
+// twice is an error.
 func (a *DtableClusterAdmin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	for d.NextBlock(0) {
-		if _, ours := clusterSubdirectives[d.Val()]; ours {
-			if _, err := parseClusterSubdirective(d, &a.EtcdConfig); err != nil {
-				return err
-			}
-			continue
-		}
-		switch d.Val() {
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		args := d.RemainingArgs()
+		switch name {
 		case "request_timeout":
-			if !d.NextArg() {
+			if seen[name] {
+				return d.Errf("%s already specified", name)
+			}
+			if len(args) != 1 {
 				return d.ArgErr()
 			}
-			dur, err := caddy.ParseDuration(d.Val())
+			dur, err := caddy.ParseDuration(args[0])
 			if err != nil || dur <= 0 {
-				return d.Errf("request_timeout: want a positive duration, got %q", d.Val())
+				return d.Errf("request_timeout: want a positive duration, got %q", args[0])
 			}
 			a.RequestTimeout = caddy.Duration(dur)
 		default:
-			return d.Errf("dtable_cluster_admin: unknown subdirective %q (known: etcd, config, prefix, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password, request_timeout)", d.Val())
+			ours, err := a.EtcdConfig.unmarshalSubdirective(d, name, args, seen[name])
+			if err != nil {
+				return err
+			}
+			if !ours {
+				return d.Errf("dtable_cluster_admin: unknown subdirective %q (known: etcd, config, prefix, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password, request_timeout)", name)
+			}
 		}
+		if d.NextBlock(d.Nesting()) {
+			return d.Errf("%s takes no block", name)
+		}
+		seen[name] = true
 	}
 	return nil
+}
+
+// unmarshalSubdirective reads one of the subdirectives that say where the
+// cluster is, which both directives take:
+//
+//	etcd <endpoint...>                    (repeatable: the lines add up)
+//	config <dtable_server_config.json>    (its etcd_host_list, when etcd is not given)
+//	prefix <etcd key prefix>
+//	etcd_cacert <file>
+//	etcd_cert <file>
+//	etcd_key <file>
+//	etcd_user <name>
+//	etcd_password <password>
+//
+// name is the subdirective at d's cursor, args its arguments (already
+// read), seen whether it was given before. It reports whether the
+// subdirective is one of these.
+func (c *EtcdConfig) unmarshalSubdirective(d *caddyfile.Dispenser, name string, args []string, seen bool) (bool, error) {
+	var field *string
+	switch name {
+	case "etcd":
+		if len(args) == 0 {
+			return true, d.ArgErr()
+		}
+		c.Etcd = append(c.Etcd, args...)
+		return true, nil
+	case "config":
+		field = &c.ServerConfig
+	case "prefix":
+		field = &c.Prefix
+	case "etcd_cacert":
+		field = &c.EtcdCACert
+	case "etcd_cert":
+		field = &c.EtcdCert
+	case "etcd_key":
+		field = &c.EtcdKey
+	case "etcd_user":
+		field = &c.EtcdUser
+	case "etcd_password":
+		field = &c.EtcdPassword
+	default:
+		return false, nil
+	}
+	if seen {
+		return true, d.Errf("%s already specified", name)
+	}
+	if len(args) != 1 {
+		return true, d.ArgErr()
+	}
+	*field = args[0]
+	return true, nil
 }

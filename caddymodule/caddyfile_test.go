@@ -1,7 +1,11 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -9,8 +13,11 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
+
+var update = flag.Bool("update", false, "rewrite the JSON of testdata/*.caddyfiletest with what the Caddyfile adapts to")
 
 func adapt(t *testing.T, caddyfile string) (string, error) {
 	t.Helper()
@@ -18,119 +25,132 @@ func adapt(t *testing.T, caddyfile string) (string, error) {
 	return string(out), err
 }
 
-func TestAdaptBucketProxyToReverseProxyJSON(t *testing.T) {
-	out, err := adapt(t, `
-:5550 {
-	dtable_bucket_proxy {
-		etcd etcd-01:2379 etcd-02:2379 etcd-03:2379
-		prefix /dtable-cluster
-		etcd_user root
-		no_uuid reject
-		retry_after 3s
-		uuid_query dtable_uuid base
-		header_up X-Prefix prefix
-		lb_try_duration 2s
-		transport http {
-			dial_timeout 1s
-		}
+// TestCaddyfileAdapt adapts each testdata/*.caddyfiletest and compares the
+// result with the JSON in the file, as Caddy's own caddyfile_adapt tests
+// do (caddytest/integration): the Caddyfile, a line of ten dashes, the
+// JSON. go test -run TestCaddyfileAdapt -update rewrites the JSON parts.
+func TestCaddyfileAdapt(t *testing.T) {
+	// Caddyfile.example reads these with defaults; the golden JSON has the defaults.
+	for _, name := range []string{"ETCD_ENDPOINTS", "DTABLE_PREFIX"} {
+		t.Setenv(name, "")
+		os.Unsetenv(name)
 	}
-	file_server
-}
-:5555 {
-	dtable_cluster_admin {
-		config /opt/dtable-server-proxy/conf/dtable_server_config.json
-		request_timeout 5s
+	files, err := filepath.Glob("testdata/*.caddyfiletest")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no testdata/*.caddyfiletest: %v", err)
 	}
-}`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cfg struct {
-		Apps struct {
-			HTTP struct {
-				Servers map[string]struct {
-					Routes []struct {
-						Handle []map[string]any `json:"handle"`
-					} `json:"routes"`
-				} `json:"servers"`
-			} `json:"http"`
-		} `json:"apps"`
-	}
-	if err := json.Unmarshal([]byte(out), &cfg); err != nil {
-		t.Fatal(err)
-	}
-	proxy := cfg.Apps.HTTP.Servers["srv0"].Routes
-	if len(proxy) != 1 {
-		t.Fatalf("5550 routes: %s", out)
-	}
-	// Ordered before reverse_proxy (so before file_server) without an order line.
-	handlers := proxy[0].Handle
-	if len(handlers) != 3 || handlers[0]["handler"] != "dtable_bucket" || handlers[1]["handler"] != "reverse_proxy" || handlers[2]["handler"] != "file_server" {
-		t.Fatalf("handlers: %v", handlers)
-	}
-	router, _ := json.Marshal(handlers[0])
-	for _, want := range []string{`"etcd":["etcd-01:2379","etcd-02:2379","etcd-03:2379"]`, `"prefix":"/dtable-cluster"`,
-		`"etcd_user":"root"`, `"no_uuid":"reject"`, `"retry_after":3000000000`, `"uuid_query_params":["dtable_uuid","base"]`} {
-		if !strings.Contains(string(router), want) {
-			t.Errorf("router JSON %s lacks %s", router, want)
-		}
-	}
-	rp, _ := json.Marshal(handlers[1])
-	for _, want := range []string{`"dynamic_upstreams":{"source":"dtable_bucket"}`, `"X-Prefix":["prefix"]`,
-		`"try_duration":2000000000`, `"dial_timeout":1000000000`} {
-		if !strings.Contains(string(rp), want) {
-			t.Errorf("reverse_proxy JSON %s lacks %s", rp, want)
-		}
-	}
-	if strings.Contains(string(rp), "upstreams\":[") || strings.Contains(string(rp), "etcd") {
-		t.Errorf("reverse_proxy JSON got our settings or static upstreams: %s", rp)
-	}
-	admin, _ := json.Marshal(cfg.Apps.HTTP.Servers["srv1"].Routes[0].Handle[0])
-	if !strings.Contains(string(admin), `"handler":"dtable_cluster_admin"`) || !strings.Contains(string(admin), `"request_timeout":5000000000`) ||
-		!strings.Contains(string(admin), `"server_config":"/opt/dtable-server-proxy/conf/dtable_server_config.json"`) {
-		t.Errorf("admin JSON: %s", admin)
+	for _, file := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(file), ".caddyfiletest"), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			caddyfile, expected, ok := strings.Cut(string(data), "----------")
+			if !ok {
+				t.Fatalf("%s: no ---------- line between the Caddyfile and the JSON", file)
+			}
+			caddyfile, expected = strings.TrimSpace(caddyfile)+"\n", strings.TrimSpace(expected)
+			if *update {
+				out, err := adapt(t, caddyfile)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var pretty bytes.Buffer
+				if err := json.Indent(&pretty, []byte(out), "", "\t"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(file, []byte(caddyfile+"----------\n"+pretty.String()+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !caddytest.CompareAdapt(t, file, caddyfile, "caddyfile", expected) {
+				t.Errorf("%s: the Caddyfile does not adapt to the JSON below it (diff on stdout)", file)
+			}
+		})
 	}
 }
 
-func TestAdaptErrors(t *testing.T) {
-	cases := map[string]string{
-		":5550 {\n dtable_bucket_proxy 127.0.0.1:5000 {\n etcd e:2379\n }\n}":           "takes no upstream addresses",
-		":5550 {\n dtable_bucket_proxy {\n etcd e:2379\n to 127.0.0.1:5000\n }\n}":      `remove "to"`,
-		":5550 {\n dtable_bucket_proxy {\n etcd e:2379\n dynamic srv x\n }\n}":          `remove "dynamic"`,
-		":5550 {\n dtable_bucket_proxy {\n etcd\n }\n}":                                 "wrong argument count",
-		":5550 {\n dtable_bucket_proxy {\n etcd e:2379\n no_uuid sometimes\n }\n}":      "no_uuid: want any_node or reject",
-		":5550 {\n dtable_bucket_proxy {\n prefix a b\n }\n}":                           "wrong argument count",
-		":5555 {\n dtable_cluster_admin {\n etcd e:2379\n rebalance_now\n }\n}":         `unknown subdirective "rebalance_now"`,
-		":5555 {\n dtable_cluster_admin {\n etcd e:2379\n request_timeout never\n }\n}": "request_timeout: want a positive duration",
+func TestCaddyfileErrors(t *testing.T) {
+	tests := []struct {
+		name      string
+		caddyfile string
+		want      string
+	}{
+		// dtable_bucket_proxy
+		{"upstream address", "dtable_bucket_proxy 127.0.0.1:5000 {\n etcd e:2379\n}", "takes no upstream addresses"},
+		{"to refused", "dtable_bucket_proxy {\n etcd e:2379\n to 127.0.0.1:5000\n}", `remove "to"`},
+		{"dynamic refused", "dtable_bucket_proxy {\n etcd e:2379\n dynamic srv x\n}", `remove "dynamic"`},
+		{"unknown subdirective", "dtable_bucket_proxy {\n etcd e:2379\n etcd_passwd x\n}", "unrecognized subdirective etcd_passwd, at Caddyfile:4"},
+		{"etcd without endpoints", "dtable_bucket_proxy {\n etcd\n}", "wrong argument count"},
+		{"prefix with two values", "dtable_bucket_proxy {\n prefix a b\n}", "wrong argument count"},
+		{"prefix twice", "dtable_bucket_proxy {\n etcd e:2379\n prefix /a\n prefix /b\n}", "prefix already specified, at Caddyfile:5"},
+		{"config twice", "dtable_bucket_proxy {\n config a.json\n config b.json\n}", "config already specified"},
+		{"etcd_password twice", "dtable_bucket_proxy {\n etcd e:2379\n etcd_password a\n etcd_password b\n}", "etcd_password already specified"},
+		{"prefix with a block", "dtable_bucket_proxy {\n etcd e:2379\n prefix /a {\n x\n }\n}", "prefix takes no block"},
+		{"uuid_query without names", "dtable_bucket_proxy {\n etcd e:2379\n uuid_query\n}", "wrong argument count"},
+		{"uuid_path_prefix without prefixes", "dtable_bucket_proxy {\n etcd e:2379\n uuid_path_prefix\n}", "wrong argument count"},
+		{"no_uuid unknown", "dtable_bucket_proxy {\n etcd e:2379\n no_uuid sometimes\n}", "no_uuid: want any_node or reject"},
+		{"no_uuid twice", "dtable_bucket_proxy {\n etcd e:2379\n no_uuid reject\n no_uuid any_node\n}", "no_uuid already specified"},
+		{"retry_after not a duration", "dtable_bucket_proxy {\n etcd e:2379\n retry_after soon\n}", "retry_after: "},
+		{"retry_after twice", "dtable_bucket_proxy {\n etcd e:2379\n retry_after 1s\n retry_after 2s\n}", "retry_after already specified"},
+		{"bad reverse_proxy subdirective", "dtable_bucket_proxy {\n etcd e:2379\n lb_try_duration often\n}", "bad duration value"},
+		// dtable_cluster_admin
+		{"admin: argument", "dtable_cluster_admin e:2379", "wrong argument count"},
+		{"admin: unknown subdirective", "dtable_cluster_admin {\n etcd e:2379\n rebalance_now\n}", `unknown subdirective "rebalance_now"`},
+		{"admin: request_timeout not a duration", "dtable_cluster_admin {\n etcd e:2379\n request_timeout never\n}", "request_timeout: want a positive duration"},
+		{"admin: request_timeout twice", "dtable_cluster_admin {\n etcd e:2379\n request_timeout 1s\n request_timeout 2s\n}", "request_timeout already specified"},
+		{"admin: prefix twice", "dtable_cluster_admin {\n etcd e:2379\n prefix /a\n prefix /b\n}", "prefix already specified"},
+		{"admin: etcd_user with two values", "dtable_cluster_admin {\n etcd e:2379\n etcd_user a b\n}", "wrong argument count"},
+		{"admin: etcd with a block", "dtable_cluster_admin {\n etcd e:2379 {\n x\n }\n}", "etcd takes no block"},
 	}
-	for in, want := range cases {
-		if _, err := adapt(t, in); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("adapt(%q) error = %v; want %q", in, err, want)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := adapt(t, ":5550 {\n"+tt.caddyfile+"\n}\n")
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("adapt error = %v; want it to contain %q", err, tt.want)
+			}
+		})
 	}
 }
 
 // Validating a config provisions the modules but must not wait for etcd:
-// here etcd is unreachable (nothing listens on port 1).
+// here etcd is unreachable (nothing listens on port 1), or not running
+// (Caddyfile.example's default endpoint).
 func TestValidateDoesNotWaitForEtcd(t *testing.T) {
-	out, err := adapt(t, ":15550 {\n dtable_bucket_proxy {\n etcd 127.0.0.1:1\n }\n}\n:15555 {\n dtable_cluster_admin {\n etcd 127.0.0.1:1\n }\n}")
+	example, err := os.ReadFile("../Caddyfile.example")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cfg caddy.Config
-	if err := json.Unmarshal([]byte(out), &cfg); err != nil {
-		t.Fatal(err)
+	tests := []struct {
+		name      string
+		caddyfile string
+	}{
+		{"unreachable etcd", ":15550 {\n dtable_bucket_proxy {\n etcd 127.0.0.1:1\n }\n}\n:15555 {\n dtable_cluster_admin {\n etcd 127.0.0.1:1\n }\n}"},
+		{"Caddyfile.example", string(example)},
 	}
-	start := time.Now()
-	if err := caddy.Validate(&cfg); err != nil {
-		t.Fatalf("validate: %v", err)
-	}
-	if took := time.Since(start); took > time.Second {
-		t.Fatalf("validate took %v with etcd unreachable", took)
-	}
-	n := 0
-	forEachFollower(func(*follower) { n++ })
-	if n != 0 {
-		t.Fatalf("%d shared followers left running after validate", n)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := adapt(t, tt.caddyfile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cfg caddy.Config
+			if err := json.Unmarshal([]byte(out), &cfg); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if err := caddy.Validate(&cfg); err != nil {
+				t.Fatalf("validate: %v", err)
+			}
+			if took := time.Since(start); took > time.Second {
+				t.Fatalf("validate took %v with etcd unreachable", took)
+			}
+			n := 0
+			forEachFollower(func(*follower) { n++ })
+			if n != 0 {
+				t.Fatalf("%d shared followers left running after validate", n)
+			}
+		})
 	}
 }

@@ -7,8 +7,9 @@
 //   - http.handlers.dtable_bucket: DtableBucket (dtable_bucket.go) finds the
 //     base UUID (uuid_finder.go), looks up the owner in the route table
 //     (route_table.go), stamps X-Dtable-Bucket and
-//     X-Dtable-Assignment-Version, and answers 400/503 itself when it cannot
-//     route.
+//     X-Dtable-Assignment-Version, and sets the {http.dtable_bucket.*}
+//     placeholders. A request it cannot route is a 400 or 503 error for
+//     the site's handle_errors, or, in a site without, a JSON answer.
 //   - http.reverse_proxy.upstreams.dtable_bucket: DtableBucketUpstreams
 //     (dtable_bucket_upstreams.go) gives Caddy's reverse_proxy the chosen
 //     owner as its one upstream.

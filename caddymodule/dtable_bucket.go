@@ -18,9 +18,16 @@ import (
 // finds the base UUID, looks up the bucket's owner in the etcd-watched
 // assignment, stamps the fencing headers and hands the request on; the
 // reverse_proxy after it (with the dtable_bucket upstream source) dials
-// that owner. It answers by itself when a request cannot be routed: 400
-// for a missing or malformed UUID, 503 with Retry-After when the bucket
-// has no registered owner.
+// that owner. A request it cannot route is a routing error: 400 for a
+// missing or malformed UUID, 503 with Retry-After when the bucket has no
+// registered owner (see fail for how it is answered).
+//
+// It sets these placeholders on every request it sees, for later handlers
+// (header_up), handle_errors and logs (log_append):
+//
+//	{http.dtable_bucket.bucket}  the request's bucket ("5c"); empty if the request names no valid base UUID
+//	{http.dtable_bucket.node}    the owner the request goes to, or the owner that is not registered; empty if none
+//	{http.dtable_bucket.reason}  why the request was not routed (malformed_uuid, bucket_unassigned, ...); empty if it was
 //
 // The Caddyfile directive dtable_bucket_proxy sets up both handlers.
 type DtableBucket struct {
@@ -49,8 +56,8 @@ func (*DtableBucket) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.dtable_bucket", New: func() caddy.Module { return new(DtableBucket) }}
 }
 
-// Provision joins (or starts) the shared follower follower. It does not
-// wait for etcd.
+// Provision joins (or starts) the shared follower. It does not wait for
+// etcd.
 func (h *DtableBucket) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger()
 	if len(h.UUIDPathPrefixes) == 0 {
@@ -100,15 +107,21 @@ const (
 	HeaderVersion = "X-Dtable-Assignment-Version"
 )
 
+// Placeholders set by DtableBucket (documented on the type).
+const (
+	placeholderBucket = "http.dtable_bucket.bucket"
+	placeholderNode   = "http.dtable_bucket.node"
+	placeholderReason = "http.dtable_bucket.reason"
+)
+
 func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	b, found, err := h.finder.find(r)
-	if err != nil {
-		reason := reasonMalformedUUID
-		if strings.Contains(err.Error(), "missing base UUID") {
-			reason = reasonMissingUUID
-		}
-		errorCounter(reason).Inc()
-		return writeError(w, http.StatusBadRequest, "", reason, err.Error(), "")
+	b, found, uerr := h.finder.find(r)
+	if uerr != nil {
+		return h.fail(w, r, &routingError{status: http.StatusBadRequest, reason: uerr.reason(), msg: uerr.Error()})
+	}
+	var bucketName string // "" when the request names no base
+	if found {
+		bucketName = b.String()
 	}
 	var (
 		t       *routeTable
@@ -127,26 +140,25 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 		t = h.follower.table.Load()
 		rt = &t.routes[b]
 	case h.NoUUID == "reject":
-		errorCounter(reasonMissingUUID).Inc()
-		return writeError(w, http.StatusBadRequest, "", reasonMissingUUID,
-			"the request names no base: expected a base UUID in the path (after "+strings.Join(h.finder.pathPrefixes, ", ")+
-				") or in the query ("+strings.Join(h.finder.queryParams, ", ")+")", "")
+		return h.fail(w, r, &routingError{status: http.StatusBadRequest, reason: reasonMissingUUID,
+			msg: "the request names no base: expected a base UUID in the path (after " + strings.Join(h.finder.pathPrefixes, ", ") +
+				") or in the query (" + strings.Join(h.finder.queryParams, ", ") + ")"})
 	default:
 		t = h.follower.table.Load()
 		if len(t.anyNode) == 0 {
-			errorCounter(reasonNoNode).Inc()
-			return writeError(w, http.StatusServiceUnavailable, "", reasonNoNode,
-				"no registered node owns buckets in the current assignment", h.retryAfter)
+			return h.fail(w, r, &routingError{status: http.StatusServiceUnavailable, reason: reasonNoNode,
+				msg: "no registered node owns buckets in the current assignment"})
 		}
 		rt = t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
 	}
 	if !rt.ok {
-		errorCounter(rt.reason).Inc()
-		return writeError(w, http.StatusServiceUnavailable, b.String(), rt.reason, rt.describe(t.version), h.retryAfter)
+		return h.fail(w, r, &routingError{status: http.StatusServiceUnavailable, bucket: bucketName, node: rt.nodeID,
+			reason: rt.reason, msg: rt.describe(t.version)})
 	}
+	setPlaceholders(r, bucketName, rt.nodeID, "")
 	rt.requests.Inc()
 	if found {
-		r.Header.Set(HeaderBucket, b.String())
+		r.Header.Set(HeaderBucket, bucketName)
 	} else {
 		r.Header.Del(HeaderBucket)
 	}
@@ -159,6 +171,88 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 	}
 	caddyhttp.SetVar(r.Context(), routeVar, rt)
 	return next.ServeHTTP(w, r)
+}
+
+// setPlaceholders sets all three placeholders, "" for what is unknown, so
+// that none is left verbatim in a text such as a handle_errors body.
+func setPlaceholders(r *http.Request, bucketName, node, reason string) {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set(placeholderBucket, bucketName)
+	repl.Set(placeholderNode, node)
+	repl.Set(placeholderReason, reason)
+}
+
+// routingError is why a request cannot be routed.
+type routingError struct {
+	status int    // 400 or 503
+	bucket string // the request's bucket; "" if it names no valid base UUID
+	node   string // the bucket's owner, if it has one
+	reason string // missing_uuid, malformed_uuid, no_node, bucket_unassigned, ...
+	msg    string // what is wrong, for people
+}
+
+func (e *routingError) Error() string { return e.msg }
+
+// fail counts a routing error, sets the placeholders and answers.
+//
+// Caddy's contract is that a handler that returns an error has written
+// nothing: the server then runs the site's error routes (handle_errors)
+// or, when there are none, writes the bare status code
+// (caddyhttp.Server.ServeHTTP). A handler that wrote a response and then
+// returned an error would have the server write the status a second time
+// ("superfluous WriteHeader") and error routes would find the answer
+// already sent. So fail does one or the other:
+//
+//   - The server has error routes: they decide the answer, so fail returns
+//     caddyhttp.Error(status, err). handle_errors sees the status and
+//     message as {http.error.status_code} and {http.error.message}, our
+//     placeholders, and the Retry-After header of a 503, which is set
+//     first. Caddy's authentication handler does the same: basic auth sets
+//     WWW-Authenticate, the handler sets http.auth.* placeholders "so it can
+//     be used in the handle_errors directive" and returns 401 as an error.
+//     Caddy's error log (http.log.error) records the error, at debug level
+//     once an error route has answered.
+//   - It has none: fail writes the documented default answer itself, a
+//     JSON body {"error", "reason", "bucket"} with Retry-After on a 503,
+//     and returns nil, as a handler that answers does. Caddy's error log
+//     does not see it then; the routing_errors metric counts it.
+//
+// Both ways the placeholders are set, so access logs see them (log_append).
+// The choice is per server: a handle_errors in any site of the server's
+// listener takes over error answers for all its sites, as it does in Caddy
+// for every other handler's errors. The other way, the directive adding a
+// default error route, would not work: the Caddyfile adapter orders a
+// server's error routes by their place in the file (those with status
+// matchers first), so ours could run before the user's handle_errors and
+// hide our errors from it; and a JSON config would get no default.
+func (h *DtableBucket) fail(w http.ResponseWriter, r *http.Request, e *routingError) error {
+	errorCounter(e.reason).Inc()
+	setPlaceholders(r, e.bucket, e.node, e.reason)
+	if e.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", h.retryAfter)
+	}
+	if hasErrorRoutes(r) {
+		return caddyhttp.Error(e.status, e)
+	}
+	return writeDefaultAnswer(w, e)
+}
+
+// hasErrorRoutes reports whether the server handling r has error routes.
+func hasErrorRoutes(r *http.Request) bool {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return ok && srv != nil && srv.Errors != nil && len(srv.Errors.Routes) > 0
+}
+
+// writeDefaultAnswer writes a routing error as JSON: the message, the
+// reason and, when known, the bucket.
+func writeDefaultAnswer(w http.ResponseWriter, e *routingError) error {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.status)
+	body := map[string]string{"error": e.msg, "reason": e.reason}
+	if e.bucket != "" {
+		body["bucket"] = e.bucket
+	}
+	return json.NewEncoder(w).Encode(body)
 }
 
 // isUpgrade reports a long-lived upgraded connection: an HTTP/1.1
@@ -180,18 +274,4 @@ func headerHasToken(h http.Header, name, token string) bool {
 		}
 	}
 	return false
-}
-
-// writeError answers a request that cannot be routed, in JSON.
-func writeError(w http.ResponseWriter, status int, bucketName, reason, msg, retryAfter string) error {
-	w.Header().Set("Content-Type", "application/json")
-	if retryAfter != "" {
-		w.Header().Set("Retry-After", retryAfter)
-	}
-	w.WriteHeader(status)
-	body := map[string]string{"error": msg, "reason": reason}
-	if bucketName != "" {
-		body["bucket"] = bucketName
-	}
-	return json.NewEncoder(w).Encode(body)
 }

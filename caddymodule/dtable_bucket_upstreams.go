@@ -11,11 +11,12 @@ import (
 )
 
 // DtableBucketUpstreams is the http.reverse_proxy.upstreams.dtable_bucket
-// dynamic upstream source: it returns the one node the DtableBucket handler chose for
-// the request. Caddy calls it again on every retry; if the bucket's owner
-// changed meanwhile it fails (the request is then not sent anywhere and
-// ends in 503), so a request is never dialled to a node that no longer
-// owns its bucket.
+// dynamic upstream source: it returns the one node the DtableBucket handler
+// chose for the request. Caddy calls it again on every retry; if the
+// bucket's owner changed meanwhile it fails (the request is then not sent
+// anywhere and ends in 503, with {http.dtable_bucket.reason}
+// moved_during_request), so a request is never dialled to a node that no
+// longer owns its bucket.
 type DtableBucketUpstreams struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -38,6 +39,11 @@ func (DtableBucketUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upst
 	}
 	if _, now := chosen.follower.lookup(chosen.bucket); !now.sameTarget(chosen) {
 		errorCounter(reasonMoved).Inc()
+		// reverse_proxy ends the request with 503; handle_errors and logs
+		// see why.
+		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+			repl.Set(placeholderReason, reasonMoved)
+		}
 		return nil, fmt.Errorf("bucket %s moved from %s to %q during the request; not sending it to the old owner",
 			chosen.bucket, chosen.nodeID, now.nodeID)
 	}

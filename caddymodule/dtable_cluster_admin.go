@@ -45,7 +45,8 @@ func (*DtableClusterAdmin) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{ID: "http.handlers.dtable_cluster_admin", New: func() caddy.Module { return new(DtableClusterAdmin) }}
 }
 
-// Provision joins (or starts) the shared follower follower.
+// Provision joins (or starts) the shared follower. It does not wait for
+// etcd.
 func (h *DtableClusterAdmin) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger()
 	if h.RequestTimeout <= 0 {

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"errors"
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
@@ -42,8 +43,4 @@ func (DtableClusterAPI) Routes() []caddy.AdminRoute {
 	}
 }
 
-var errMethod = errorString("method not allowed: use GET")
-
-type errorString string
-
-func (e errorString) Error() string { return string(e) }
+var errMethod = errors.New("method not allowed: use GET")

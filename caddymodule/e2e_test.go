@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -53,17 +55,27 @@ type env struct {
 	cli      *clientv3.Client
 	backends map[string]*backend
 	tester   *caddytest.Tester
+	extra    extraConfig
+}
+
+// extraConfig is more Caddyfile for a test: global options, and lines in
+// the proxy site besides dtable_bucket_proxy.
+type extraConfig struct {
+	global, proxySite string
 }
 
 // setup starts etcd, three backends registered as n1..n3 (n3's
 // local_node_url has a path prefix), an assignment (bucket b -> n(b%3+1)),
 // and loads a Caddy config with the proxy and admin sites.
-func setup(t *testing.T) *env {
+func setup(t *testing.T) *env { return setupWith(t, extraConfig{}) }
+
+// setupWith is setup with more Caddyfile.
+func setupWith(t *testing.T, extra extraConfig) *env {
 	portsOnce.Do(func() {
 		adminPort, proxyPort, siteAdminPort, httpPort, httpsPort = testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	})
 	watchProgressInterval = 200 * time.Millisecond
-	e := &env{t: t, etcd: etcdtest.Start(t), backends: map[string]*backend{}}
+	e := &env{t: t, etcd: etcdtest.Start(t), backends: map[string]*backend{}, extra: extra}
 	e.cli = e.etcd.Client(t)
 	for _, n := range []string{"n1", "n2", "n3"} {
 		e.backends[n] = newBackend(t, n)
@@ -87,12 +99,14 @@ func (e *env) config() string {
 	grace_period 1ns
 	skip_install_trust
 	auto_https off
+%s
 }
 :%d {
 	dtable_bucket_proxy {
 		etcd %s
 		lb_try_duration 500ms
 	}
+%s
 }
 :%d {
 	dtable_cluster_admin {
@@ -100,7 +114,7 @@ func (e *env) config() string {
 		request_timeout 1500ms
 	}
 }
-`, adminPort, httpPort, httpsPort, proxyPort, eps, siteAdminPort, eps)
+`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, e.extra.proxySite, siteAdminPort, eps)
 }
 
 func (e *env) load() {
@@ -142,22 +156,15 @@ func (e *env) putAssignment(version int64, override map[bucket.Bucket]string) {
 // waitVersion waits until the proxy routes by the given assignment version.
 func (e *env) waitVersion(v int64) {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testutil.Eventually(e.t, 10*time.Second, fmt.Sprintf("the proxy routes by assignment version %d", v), func() bool {
 		var got int64 = -1
 		forEachFollower(func(fw *follower) {
 			if strings.Join(fw.endpoints, ",") == strings.Join(e.etcd.Endpoints(), ",") {
 				got = fw.table.Load().version
 			}
 		})
-		if got == v {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("proxy routes by version %d; want %d", got, v)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return got == v
+	})
 }
 
 func uuidIn(b bucket.Bucket) string {
@@ -193,34 +200,39 @@ func adminURL(path string) string { return fmt.Sprintf("http://127.0.0.1:%d%s", 
 
 func TestRoutesEveryBucketToItsOwner(t *testing.T) {
 	setup(t)
-	for i := range bucket.Count {
-		b := bucket.Bucket(i)
-		owner := fmt.Sprintf("n%d", i%3+1)
-		u := uuidIn(b)
-		hex32 := strings.ToUpper(strings.ReplaceAll(u, "-", ""))
-		paths := []string{
-			"/api/v1/dtables/" + u + "/rows/?limit=5",
-			"/dtables/" + hex32,
-			"/api/v1/internal/dtables/" + u + "/view-rows/",
-			"/api/v2/dtables/" + u + "/metadata/",
-			"/socket.io/?EIO=4&dtable_uuid=" + u,
-		}
-		for _, p := range paths[i%len(paths) : i%len(paths)+1] {
-			a := do(t, "GET", proxyURL(p), map[string]string{HeaderBucket: "zz", HeaderVersion: "999"})
-			if a.status != 200 || a.body["node"] != owner {
-				t.Fatalf("%s: status %d, node %q; want %s (%s)", p, a.status, a.body["node"], owner, a.raw)
+	// Each bucket is asked for in one of these forms, in turn.
+	forms := []struct {
+		name string
+		path func(uuid string) string
+	}{
+		{"dashed in the v1 API", func(u string) string { return "/api/v1/dtables/" + u + "/rows/?limit=5" }},
+		{"hex in /dtables/", func(u string) string { return "/dtables/" + strings.ToUpper(strings.ReplaceAll(u, "-", "")) }},
+		{"internal API", func(u string) string { return "/api/v1/internal/dtables/" + u + "/view-rows/" }},
+		{"v2 API", func(u string) string { return "/api/v2/dtables/" + u + "/metadata/" }},
+		{"socket.io query", func(u string) string { return "/socket.io/?EIO=4&dtable_uuid=" + u }},
+	}
+	for i, form := range forms {
+		t.Run(form.name, func(t *testing.T) {
+			for n := i; n < bucket.Count; n += len(forms) {
+				b := bucket.Bucket(n)
+				owner := fmt.Sprintf("n%d", n%3+1)
+				p := form.path(uuidIn(b))
+				a := do(t, "GET", proxyURL(p), map[string]string{HeaderBucket: "zz", HeaderVersion: "999"})
+				if a.status != 200 || a.body["node"] != owner {
+					t.Fatalf("%s: status %d, node %q; want %s (%s)", p, a.status, a.body["node"], owner, a.raw)
+				}
+				if a.body["bucket"] != b.String() || a.body["version"] != "1" {
+					t.Fatalf("%s: fencing headers bucket=%q version=%q; want %s, 1", p, a.body["bucket"], a.body["version"], b)
+				}
+				wantPath := strings.SplitN(p, "?", 2)[0]
+				if owner == "n3" {
+					wantPath = "/n3prefix" + wantPath
+				}
+				if a.body["path"] != wantPath {
+					t.Fatalf("%s: backend saw path %q; want %q", p, a.body["path"], wantPath)
+				}
 			}
-			if a.body["bucket"] != b.String() || a.body["version"] != "1" {
-				t.Fatalf("%s: fencing headers bucket=%q version=%q; want %s, 1", p, a.body["bucket"], a.body["version"], b)
-			}
-			wantPath := strings.SplitN(p, "?", 2)[0]
-			if owner == "n3" {
-				wantPath = "/n3prefix" + wantPath
-			}
-			if a.body["path"] != wantPath {
-				t.Fatalf("%s: backend saw path %q; want %q", p, a.body["path"], wantPath)
-			}
-		}
+		})
 	}
 }
 
@@ -260,61 +272,173 @@ func TestReassignmentTakesEffectWithoutReload(t *testing.T) {
 	if a := do(t, "GET", p, nil); a.body["node"] != "n1" {
 		t.Fatalf("before: %v", a.body)
 	}
-	start := time.Now()
 	e.putAssignment(2, map[bucket.Bucket]string{0x00: "n2"})
-	for {
+	took := testutil.Eventually(t, 2*time.Second, "bucket 00 routed to n2 by assignment version 2", func() bool {
 		a := do(t, "GET", p, nil)
-		if a.body["node"] == "n2" && a.body["version"] == "2" {
-			break
-		}
-		if time.Since(start) > 2*time.Second {
-			t.Fatalf("still routed by the old assignment after 2s: %v", a.body)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	t.Logf("reassignment took effect in %v", time.Since(start))
+		return a.body["node"] == "n2" && a.body["version"] == "2"
+	})
+	t.Logf("reassignment took effect in %v", took)
 }
 
+// putUnroutableAssignment writes assignment version 2: bucket b -> n(b%3+1)
+// but bucket 01 unassigned and bucket 02 owned by ghost, which is not
+// registered.
+func (e *env) putUnroutableAssignment() {
+	e.t.Helper()
+	e.putAssignment(2, map[bucket.Bucket]string{0x01: "", 0x02: "ghost"})
+	e.waitVersion(2)
+}
+
+// routingErrorCases are requests the proxy cannot route, with a
+// putUnroutableAssignment.
+var routingErrorCases = []struct {
+	name, path      string
+	status          int
+	reason, bucket  string
+	node            string   // {http.dtable_bucket.node}
+	messageContains []string // the "error" of the JSON answer
+}{
+	{"malformed UUID in the path", "/api/v1/dtables/not-a-uuid/rows/", 400, "malformed_uuid", "", "",
+		[]string{"path after /api/v1/dtables/: invalid base UUID \"not-a-uuid\": length 10"}},
+	{"missing UUID", "/api/v1/dtables/", 400, "missing_uuid", "", "", []string{"missing base UUID"}},
+	{"malformed UUID in the query", "/socket.io/?dtable_uuid=5g264e76-0e5a-448a-9f34-580b551364ca", 400, "malformed_uuid", "", "",
+		[]string{"query parameter dtable_uuid: invalid base UUID"}},
+	{"unassigned bucket", "/dtables/" + uuidIn(0x01), 503, "bucket_unassigned", "01", "", []string{"bucket 01"}},
+	{"owner not registered", "/dtables/" + uuidIn(0x02), 503, "owner_not_registered", "02", "ghost", []string{"bucket 02", "its owner ghost"}},
+}
+
+// Without handle_errors, a routing error is answered in JSON, with
+// Retry-After on a 503.
 func TestErrorsSayWhatIsWrong(t *testing.T) {
 	e := setup(t)
-	cases := []struct {
-		path, want, reason string
-		status             int
-	}{
-		{"/api/v1/dtables/not-a-uuid/rows/", "path after /api/v1/dtables/: invalid base UUID \"not-a-uuid\": length 10", "malformed_uuid", 400},
-		{"/api/v1/dtables/", "missing base UUID", "missing_uuid", 400},
-		{"/socket.io/?dtable_uuid=5g264e76-0e5a-448a-9f34-580b551364ca", "query parameter dtable_uuid: invalid base UUID", "malformed_uuid", 400},
-	}
-	for _, c := range cases {
-		a := do(t, "GET", proxyURL(c.path), nil)
-		if a.status != c.status || !strings.Contains(a.body["error"], c.want) || a.body["reason"] != c.reason {
-			t.Errorf("%s: %d %s; want %d with %q", c.path, a.status, a.raw, c.status, c.want)
-		}
-	}
-	// An unassigned bucket and an owner that is not registered: 503 with Retry-After.
-	a := &schema.Assignment{Version: 2}
-	for b := range a.Owners {
-		a.Owners[b] = fmt.Sprintf("n%d", b%3+1)
-	}
-	a.Owners[0x01] = ""      // unassigned
-	a.Owners[0x02] = "ghost" // not registered
-	e.put(layout.AssignmentKey(), a.Encode())
-	e.waitVersion(2)
-	for b, want := range map[bucket.Bucket]string{0x01: "bucket_unassigned", 0x02: "owner_not_registered"} {
-		r := do(t, "GET", proxyURL("/dtables/"+uuidIn(b)), nil)
-		if r.status != 503 || r.header.Get("Retry-After") != "5" || r.body["reason"] != want || r.body["bucket"] != b.String() ||
-			!strings.Contains(r.body["error"], "bucket "+b.String()) {
-			t.Errorf("bucket %s: %d %v %s", b, r.status, r.header, r.raw)
-		}
-	}
-	if r := do(t, "GET", proxyURL("/dtables/"+uuidIn(0x02)), nil); !strings.Contains(r.body["error"], "its owner ghost") {
-		t.Errorf("503 body does not name the owner: %s", r.raw)
+	e.putUnroutableAssignment()
+	for _, tt := range routingErrorCases {
+		t.Run(tt.name, func(t *testing.T) {
+			a := do(t, "GET", proxyURL(tt.path), nil)
+			if a.status != tt.status || a.header.Get("Content-Type") != "application/json" || a.body["reason"] != tt.reason ||
+				a.body["bucket"] != tt.bucket {
+				t.Errorf("%d %v %s; want %d, JSON with reason %s and bucket %q", a.status, a.header, a.raw, tt.status, tt.reason, tt.bucket)
+			}
+			for _, want := range tt.messageContains {
+				if !strings.Contains(a.body["error"], want) {
+					t.Errorf("error %q does not say %q", a.body["error"], want)
+				}
+			}
+			if want := map[int]string{503: "5"}[tt.status]; a.header.Get("Retry-After") != want {
+				t.Errorf("Retry-After %q; want %q", a.header.Get("Retry-After"), want)
+			}
+		})
 	}
 	// A request without a UUID goes to a registered node that owns buckets.
-	r := do(t, "GET", proxyURL("/ping/"), map[string]string{HeaderBucket: "7f"})
-	if r.status != 200 || !strings.HasPrefix(r.body["node"], "n") || r.body["bucket"] != "" || r.body["version"] != "2" {
-		t.Errorf("/ping/: %d %s", r.status, r.raw)
+	t.Run("no UUID", func(t *testing.T) {
+		r := do(t, "GET", proxyURL("/ping/"), map[string]string{HeaderBucket: "7f"})
+		if r.status != 200 || !strings.HasPrefix(r.body["node"], "n") || r.body["bucket"] != "" || r.body["version"] != "2" {
+			t.Errorf("/ping/: %d %s", r.status, r.raw)
+		}
+	})
+}
+
+// With handle_errors, the site answers routing errors itself, seeing the
+// status, the message and the placeholders; access logs see the
+// placeholders through log_append, and Caddy's error log has the errors.
+func TestHandleErrorsSeesThePlaceholders(t *testing.T) {
+	dir := t.TempDir()
+	accessLog, errorLog := filepath.Join(dir, "access.log"), filepath.Join(dir, "error.log")
+	e := setupWith(t, extraConfig{
+		global: fmt.Sprintf(`	log routing_errors {
+		output file %s
+		format json
+		level DEBUG
+		include http.log.error
+	}`, errorLog),
+		proxySite: fmt.Sprintf(`	log {
+		output file %s
+		format json
 	}
+	log_append bucket {http.dtable_bucket.bucket}
+	log_append node {http.dtable_bucket.node}
+	log_append reason {http.dtable_bucket.reason}
+	handle_errors {
+		respond "{http.error.status_code} {http.dtable_bucket.reason} {http.dtable_bucket.bucket} {http.dtable_bucket.node}: {http.error.message}"
+	}`, accessLog),
+	})
+	e.putUnroutableAssignment()
+	for _, tt := range routingErrorCases {
+		t.Run(tt.name, func(t *testing.T) {
+			a := do(t, "GET", proxyURL(tt.path), nil)
+			prefix := fmt.Sprintf("%d %s %s %s: ", tt.status, tt.reason, tt.bucket, tt.node)
+			if a.status != tt.status || !strings.HasPrefix(a.raw, prefix) || strings.Contains(a.header.Get("Content-Type"), "json") {
+				t.Errorf("%d %v %q; want %d and a text body starting %q", a.status, a.header, a.raw, tt.status, prefix)
+			}
+			for _, want := range tt.messageContains {
+				if !strings.Contains(a.raw, want) {
+					t.Errorf("body %q does not say %q", a.raw, want)
+				}
+			}
+			if want := map[int]string{503: "5"}[tt.status]; a.header.Get("Retry-After") != want {
+				t.Errorf("Retry-After %q; want %q", a.header.Get("Retry-After"), want)
+			}
+		})
+	}
+	routed := do(t, "GET", proxyURL("/dtables/"+uuidIn(0x03)), nil)
+	if routed.status != 200 || routed.body["node"] != "n1" {
+		t.Fatalf("routed request: %d %s", routed.status, routed.raw)
+	}
+
+	t.Run("access log", func(t *testing.T) {
+		want := map[string][3]string{"/dtables/" + uuidIn(0x03): {"03", "n1", ""}}
+		for _, tt := range routingErrorCases {
+			want[tt.path] = [3]string{tt.bucket, tt.node, tt.reason}
+		}
+		got := map[string][3]string{}
+		testutil.Eventually(t, 5*time.Second, "an access log entry of every request", func() bool {
+			for _, entry := range readJSONLines(t, accessLog) {
+				var l struct {
+					Request              struct{ URI string }
+					Bucket, Node, Reason string
+				}
+				json.Unmarshal(entry, &l)
+				got[l.Request.URI] = [3]string{l.Bucket, l.Node, l.Reason}
+			}
+			return len(got) >= len(want)
+		})
+		for uri, w := range want {
+			if got[uri] != w {
+				t.Errorf("%s: access log has bucket, node, reason %q; want %q", uri, got[uri], w)
+			}
+		}
+	})
+	t.Run("error log", func(t *testing.T) {
+		testutil.Eventually(t, 5*time.Second, "the error log has the 503 of bucket 01", func() bool {
+			for _, entry := range readJSONLines(t, errorLog) {
+				var l struct {
+					Logger, Msg string
+					Status      int
+				}
+				json.Unmarshal(entry, &l)
+				// http.log.error, or a sub-logger named after the site's access log
+				if strings.HasPrefix(l.Logger, "http.log.error") && l.Status == 503 && strings.HasPrefix(l.Msg, "bucket 01: not assigned") {
+					return true
+				}
+			}
+			return false
+		})
+	})
+}
+
+// readJSONLines returns the lines of a JSON log file (none if it does not exist yet).
+func readJSONLines(t *testing.T, file string) []json.RawMessage {
+	data, err := os.ReadFile(file)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	var lines []json.RawMessage
+	for _, l := range bytes.Split(data, []byte("\n")) {
+		if json.Valid(l) {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 func dialWS(t *testing.T, b bucket.Bucket) *websocket.Conn {
@@ -370,17 +494,9 @@ func TestWebSocketIsProxiedAndClosedWhenItsBucketMoves(t *testing.T) {
 func TestEtcdOutageKeepsRoutingAndIsReported(t *testing.T) {
 	e := setup(t)
 	e.etcd.Stop(0)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st := do(t, "GET", adminURL("/status"), nil)
-		if strings.Contains(st.raw, `"etcd_connected": false`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("admin status still says connected 10s into the outage: %s", st.raw)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testutil.Eventually(t, 10*time.Second, "the admin status says etcd is not connected", func() bool {
+		return strings.Contains(do(t, "GET", adminURL("/status"), nil).raw, `"etcd_connected": false`)
+	})
 	for i := range 30 {
 		b := bucket.Bucket(i * 7)
 		a := do(t, "GET", proxyURL("/dtables/"+uuidIn(b)), nil)
@@ -433,9 +549,11 @@ func TestAdminSiteLookupNodesBucketsAndMetrics(t *testing.T) {
 	}
 	// None of the admin views is served on the proxy port.
 	for _, p := range []string{"/lookup/" + u, "/buckets", "/nodes", "/status"} {
-		if a := do(t, "GET", proxyURL(p), nil); a.body["node"] == "" {
-			t.Errorf("%s on the proxy port was not proxied: %s", p, a.raw)
-		}
+		t.Run("proxied on the proxy port: "+p, func(t *testing.T) {
+			if a := do(t, "GET", proxyURL(p), nil); a.body["node"] == "" {
+				t.Errorf("%s on the proxy port was not proxied: %s", p, a.raw)
+			}
+		})
 	}
 	// Caddy's admin API has the same views.
 	api := do(t, "GET", fmt.Sprintf("http://localhost:%d/dtable-cluster/status", adminPort), nil)
@@ -458,7 +576,7 @@ func TestAdminSiteLookupNodesBucketsAndMetrics(t *testing.T) {
 	}
 }
 
-func TestReloadKeepsTheSharedCluster(t *testing.T) {
+func TestReloadKeepsTheSharedFollower(t *testing.T) {
 	e := setup(t)
 	var before *follower
 	forEachFollower(func(fw *follower) { before = fw })
@@ -472,7 +590,7 @@ func TestReloadKeepsTheSharedCluster(t *testing.T) {
 		}
 	})
 	if count != 1 || before.watcher.Status().Relists != relists {
-		t.Fatalf("%d clusters after reload; relists %d -> %d", count, relists, before.watcher.Status().Relists)
+		t.Fatalf("%d followers after reload; relists %d -> %d", count, relists, before.watcher.Status().Relists)
 	}
 	if a := do(t, "GET", proxyURL("/dtables/"+uuidIn(0)), nil); a.body["node"] != "n1" {
 		t.Fatalf("after reload: %s", a.raw)
@@ -520,14 +638,10 @@ func TestRebalanceThroughTheAdminSite(t *testing.T) {
 		Moves        []map[string]string       `json:"moves"`
 		MovesPerNode map[string]map[string]int `json:"moves_per_node"`
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	testutil.Eventually(t, 15*time.Second, "the starting monitor answers a dry run", func() bool {
 		a = do(t, "POST", adminURL("/rebalance/?dry_run=1"), nil)
-		if a.status == 200 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(200 * time.Millisecond) // the monitor is starting
-	}
+		return a.status == 200
+	})
 	json.Unmarshal([]byte(a.raw), &dry)
 	// Minimal moves: n1 has 246 and must end with 86: 160 moves.
 	if a.status != 200 || !dry.OK || !dry.DryRun || len(dry.Moves) != 160 || dry.Version != 2 {

@@ -23,7 +23,7 @@ var (
 		Namespace: "caddy", Subsystem: "dtable", Name: "streams_closed_total",
 		Help: "WebSocket streams closed because their bucket moved to another node.",
 	})
-	clusterCollector = &stateCollector{
+	followerStates = &followerCollector{
 		version: prometheus.NewDesc("caddy_dtable_assignment_version", "Version of the assignment the proxy routes by.", []string{"prefix"}, nil),
 		age:     prometheus.NewDesc("caddy_dtable_assignment_age_seconds", "Seconds since the routing table last changed.", []string{"prefix"}, nil),
 		up:      prometheus.NewDesc("caddy_dtable_etcd_connected", "1 if the etcd watch is up and etcd answered recently, else 0.", []string{"prefix"}, nil),
@@ -42,7 +42,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	if reg == nil {
 		return nil
 	}
-	for _, c := range []prometheus.Collector{requestsTotal, routingErrorsTotal, streamsClosedTotal, clusterCollector} {
+	for _, c := range []prometheus.Collector{requestsTotal, routingErrorsTotal, streamsClosedTotal, followerStates} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -53,19 +53,19 @@ func registerMetrics(reg *prometheus.Registry) error {
 	return nil
 }
 
-// stateCollector reports each shared follower's state at scrape time.
-type stateCollector struct {
+// followerCollector reports each shared follower's state at scrape time.
+type followerCollector struct {
 	version, age, up, nodes *prometheus.Desc
 }
 
-func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+func (c *followerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.version
 	ch <- c.age
 	ch <- c.up
 	ch <- c.nodes
 }
 
-func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+func (c *followerCollector) Collect(ch chan<- prometheus.Metric) {
 	forEachFollower(func(fw *follower) {
 		t := fw.table.Load()
 		connected := 0.0

@@ -21,10 +21,10 @@ type uuidFinder struct {
 }
 
 // find returns the request's bucket; found is false when the request names
-// no base at all (e.g. /ping/). A UUID that is present but malformed is an
-// error saying what is wrong. It does not allocate unless it fails or the
-// query value is percent-encoded.
-func (f *uuidFinder) find(r *http.Request) (b bucket.Bucket, found bool, err error) {
+// no base at all (e.g. /ping/). A UUID that is present but empty or
+// malformed is a *uuidError saying where and what is wrong. It does not
+// allocate unless it fails or the query value is percent-encoded.
+func (f *uuidFinder) find(r *http.Request) (b bucket.Bucket, found bool, err *uuidError) {
 	path := r.URL.Path
 	for _, prefix := range f.pathPrefixes {
 		rest, ok := strings.CutPrefix(path, prefix)
@@ -36,11 +36,11 @@ func (f *uuidFinder) find(r *http.Request) (b bucket.Bucket, found bool, err err
 			seg = rest[:i]
 		}
 		if seg == "" {
-			return 0, false, &uuidErr{where: "path after " + prefix, msg: "missing base UUID"}
+			return 0, false, &uuidError{where: "path after " + prefix}
 		}
 		b, err := bucket.FromUUID(seg)
 		if err != nil {
-			return 0, false, &uuidErr{where: "path after " + prefix, err: err}
+			return 0, false, &uuidError{where: "path after " + prefix, invalid: err.(*bucket.UUIDError)}
 		}
 		return b, true, nil
 	}
@@ -51,25 +51,35 @@ func (f *uuidFinder) find(r *http.Request) (b bucket.Bucket, found bool, err err
 		}
 		b, err := bucket.FromUUID(v)
 		if err != nil {
-			return 0, false, &uuidErr{where: "query parameter " + name, err: err}
+			return 0, false, &uuidError{where: "query parameter " + name, invalid: err.(*bucket.UUIDError)}
 		}
 		return b, true, nil
 	}
 	return 0, false, nil
 }
 
-// uuidErr says where a bad UUID was found.
-type uuidErr struct {
-	where string
-	msg   string
-	err   error
+// uuidError says where a request's base UUID should have been and what is
+// wrong with it.
+type uuidError struct {
+	where   string            // "path after /dtables/" or "query parameter dtable_uuid"
+	invalid *bucket.UUIDError // what is wrong with the UUID; nil if it is missing
 }
 
-func (e *uuidErr) Error() string {
-	if e.err != nil {
-		return e.where + ": " + e.err.Error()
+func (e *uuidError) Error() string {
+	if e.invalid == nil {
+		return e.where + ": missing base UUID"
 	}
-	return e.where + ": " + e.msg
+	return e.where + ": " + e.invalid.Error()
+}
+
+// reason is the routing error reason of the 400 answer: missing_uuid for an
+// empty path segment, malformed_uuid for a UUID that bucket.FromUUID
+// rejects (whatever its bucket.Reason).
+func (e *uuidError) reason() string {
+	if e.invalid == nil {
+		return reasonMissingUUID
+	}
+	return reasonMalformedUUID
 }
 
 // queryValue returns the first value of name in a raw query without

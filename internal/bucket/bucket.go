@@ -42,14 +42,38 @@ var hexNames = func() (names [Count]string) {
 	return names
 }()
 
+// Reason says what is wrong with a string that is not a base UUID.
+type Reason string
+
+// The reasons FromUUID rejects a string.
+const (
+	WrongLength Reason = "wrong_length" // neither 36 (dashed) nor 32 (hex) characters
+	MissingDash Reason = "missing_dash" // dashed form without a '-' at position 9, 14, 19 or 24
+	NonHex      Reason = "non_hex"      // a character that is not a hex digit where one must be
+)
+
 // UUIDError says why a string is not a base UUID.
 type UUIDError struct {
 	Input  string // the rejected input, truncated to 64 bytes
-	Reason string // what is wrong, e.g. "length 35, want 36 (dashed) or 32 (hex)"
+	Reason Reason
+	Length int  // the length of the whole input
+	Pos    int  // MissingDash, NonHex: the 1-based position of the wrong character
+	Char   byte // MissingDash, NonHex: the character found there
 }
 
 func (e *UUIDError) Error() string {
-	return fmt.Sprintf("invalid base UUID %q: %s", e.Input, e.Reason)
+	var what string
+	switch e.Reason {
+	case WrongLength:
+		what = fmt.Sprintf("length %d, want 36 (dashed) or 32 (hex)", e.Length)
+	case MissingDash:
+		what = fmt.Sprintf("expected '-' at position %d, found %q", e.Pos, e.Char)
+	case NonHex:
+		what = fmt.Sprintf("non-hex character %q at position %d", e.Char, e.Pos)
+	default:
+		what = string(e.Reason)
+	}
+	return fmt.Sprintf("invalid base UUID %q: %s", e.Input, what)
 }
 
 // dashAt lists the positions of the dashes in the 36-character form
@@ -59,7 +83,7 @@ var dashAt = [36]bool{8: true, 13: true, 18: true, 23: true}
 // FromUUID returns the bucket of a base UUID given in the dashed 36-character
 // form or the 32-character hex form, in any case. The whole UUID is checked,
 // not only its first two digits, so that a mangled identifier is reported
-// rather than routed.
+// rather than routed. The error, if any, is a *UUIDError.
 func FromUUID(s string) (Bucket, error) {
 	switch len(s) {
 	case 36:
@@ -67,22 +91,22 @@ func FromUUID(s string) (Bucket, error) {
 			c := s[i]
 			if dashAt[i] {
 				if c != '-' {
-					return 0, uuidError(s, "expected '-' at position %d, found %q", i+1, c)
+					return 0, uuidError(s, MissingDash, i, c)
 				}
 				continue
 			}
 			if unhex(c) < 0 {
-				return 0, uuidError(s, "non-hex character %q at position %d", c, i+1)
+				return 0, uuidError(s, NonHex, i, c)
 			}
 		}
 	case 32:
 		for i := 0; i < 32; i++ {
 			if c := s[i]; unhex(c) < 0 {
-				return 0, uuidError(s, "non-hex character %q at position %d", c, i+1)
+				return 0, uuidError(s, NonHex, i, c)
 			}
 		}
 	default:
-		return 0, uuidError(s, "length %d, want 36 (dashed) or 32 (hex)", len(s))
+		return 0, uuidError(s, WrongLength, -1, 0)
 	}
 	return Bucket(unhex(s[0])<<4 | unhex(s[1])), nil
 }
@@ -108,10 +132,13 @@ func unhex(c byte) int {
 	return -1
 }
 
-func uuidError(s, format string, args ...any) error {
+// uuidError rejects s for reason; i is the index of the wrong character c
+// (-1 if there is none).
+func uuidError(s string, reason Reason, i int, c byte) error {
 	const max = 64
+	e := &UUIDError{Input: s, Reason: reason, Length: len(s), Pos: i + 1, Char: c}
 	if len(s) > max {
-		s = s[:max] + "…"
+		e.Input = s[:max] + "…"
 	}
-	return &UUIDError{Input: s, Reason: fmt.Sprintf(format, args...)}
+	return e
 }

@@ -8,48 +8,65 @@ import (
 )
 
 func TestFromUUID(t *testing.T) {
-	ok := []struct {
+	tests := []struct {
+		name string
 		in   string
 		want Bucket
 	}{
-		{"5c264e76-0e5a-448a-9f34-580b551364ca", 0x5c},
-		{"5C264E76-0E5A-448A-9F34-580B551364CA", 0x5c},
-		{"2d0d0c325e794437a414766ade7618a5", 0x2d},
-		{"FF0D0C325E794437A414766ADE7618A5", 0xff},
-		{"00000000-0000-0000-0000-000000000000", 0x00},
-		{"aB000000000000000000000000000000", 0xab},
+		{"dashed", "5c264e76-0e5a-448a-9f34-580b551364ca", 0x5c},
+		{"dashed upper case", "5C264E76-0E5A-448A-9F34-580B551364CA", 0x5c},
+		{"hex", "2d0d0c325e794437a414766ade7618a5", 0x2d},
+		{"hex upper case", "FF0D0C325E794437A414766ADE7618A5", 0xff},
+		{"bucket 00", "00000000-0000-0000-0000-000000000000", 0x00},
+		{"mixed case", "aB000000000000000000000000000000", 0xab},
 	}
-	for _, c := range ok {
-		got, err := FromUUID(c.in)
-		if err != nil || got != c.want {
-			t.Errorf("FromUUID(%q) = %v, %v; want %v", c.in, got, err, c.want)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := FromUUID(tt.in)
+			if err != nil || got != tt.want {
+				t.Errorf("FromUUID(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
+			}
+		})
 	}
+}
 
-	bad := []struct{ in, reason string }{
-		{"", "length 0"},
-		{"5c264e76-0e5a-448a-9f34-580b551364c", "length 35"},
-		{"5c264e76-0e5a-448a-9f34-580b551364cab", "length 37"},
-		{"5c264e76x0e5a-448a-9f34-580b551364ca", "expected '-' at position 9"},
-		{"5c264e76-0e5a-448a-9f34_580b551364ca", "expected '-' at position 24"},
-		{"5g264e76-0e5a-448a-9f34-580b551364ca", "non-hex character 'g' at position 2"},
-		{"5c264e76-0e5a-448a-9f34-580b551364cz", "non-hex character 'z' at position 36"},
-		{"2d0d0c325e794437a414766ade7618a-", "non-hex character '-' at position 32"},
-		{"-d0d0c325e794437a414766ade7618a5", "non-hex character '-' at position 1"},
-		{strings.Repeat("a", 1000), "length 1000"},
+func TestFromUUIDRejects(t *testing.T) {
+	tests := []struct {
+		name   string
+		in     string
+		reason Reason
+		pos    int
+		msg    string
+	}{
+		{"empty", "", WrongLength, 0, `invalid base UUID "": length 0, want 36 (dashed) or 32 (hex)`},
+		{"dashed, one short", "5c264e76-0e5a-448a-9f34-580b551364c", WrongLength, 0, "length 35"},
+		{"dashed, one long", "5c264e76-0e5a-448a-9f34-580b551364cab", WrongLength, 0, "length 37"},
+		{"first dash missing", "5c264e76x0e5a-448a-9f34-580b551364ca", MissingDash, 9, "expected '-' at position 9, found 'x'"},
+		{"last dash missing", "5c264e76-0e5a-448a-9f34_580b551364ca", MissingDash, 24, "expected '-' at position 24"},
+		{"non-hex second digit", "5g264e76-0e5a-448a-9f34-580b551364ca", NonHex, 2, "non-hex character 'g' at position 2"},
+		{"non-hex last digit", "5c264e76-0e5a-448a-9f34-580b551364cz", NonHex, 36, "non-hex character 'z' at position 36"},
+		{"dash at the end of hex", "2d0d0c325e794437a414766ade7618a-", NonHex, 32, "non-hex character '-' at position 32"},
+		{"dash at the start of hex", "-d0d0c325e794437a414766ade7618a5", NonHex, 1, "non-hex character '-' at position 1"},
+		{"very long", strings.Repeat("a", 1000), WrongLength, 0, "length 1000"},
 	}
-	for _, c := range bad {
-		_, err := FromUUID(c.in)
-		var ue *UUIDError
-		if !errors.As(err, &ue) {
-			t.Fatalf("FromUUID(%q) error = %v; want *UUIDError", c.in, err)
-		}
-		if !strings.Contains(ue.Reason, c.reason) {
-			t.Errorf("FromUUID(%q) reason = %q; want it to contain %q", c.in, ue.Reason, c.reason)
-		}
-		if len(ue.Input) > 70 {
-			t.Errorf("FromUUID error keeps %d bytes of input; want it truncated", len(ue.Input))
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := FromUUID(tt.in)
+			var ue *UUIDError
+			if !errors.As(err, &ue) {
+				t.Fatalf("FromUUID(%q) error = %v; want *UUIDError", tt.in, err)
+			}
+			if ue.Reason != tt.reason || ue.Pos != tt.pos || ue.Length != len(tt.in) {
+				t.Errorf("FromUUID(%q): reason %q at %d, length %d; want %q at %d, length %d",
+					tt.in, ue.Reason, ue.Pos, ue.Length, tt.reason, tt.pos, len(tt.in))
+			}
+			if !strings.Contains(err.Error(), tt.msg) {
+				t.Errorf("FromUUID(%q) error = %q; want it to contain %q", tt.in, err, tt.msg)
+			}
+			if len(ue.Input) > 70 {
+				t.Errorf("FromUUID error keeps %d bytes of input; want it truncated", len(ue.Input))
+			}
+		})
 	}
 }
 
@@ -72,9 +89,11 @@ func TestEveryBucketReachable(t *testing.T) {
 
 func TestParseRejects(t *testing.T) {
 	for _, s := range []string{"", "0", "000", "g0", " 0", "0x"} {
-		if _, err := Parse(s); err == nil {
-			t.Errorf("Parse(%q) accepted", s)
-		}
+		t.Run(fmt.Sprintf("%q", s), func(t *testing.T) {
+			if _, err := Parse(s); err == nil {
+				t.Errorf("Parse(%q) accepted", s)
+			}
+		})
 	}
 }
 
@@ -106,8 +125,13 @@ func FuzzFromUUID(f *testing.F) {
 		}
 		if err != nil {
 			var ue *UUIDError
-			if !errors.As(err, &ue) || ue.Reason == "" {
+			if !errors.As(err, &ue) {
 				t.Fatalf("FromUUID(%q) returned untyped error %v", s, err)
+			}
+			switch ue.Reason {
+			case WrongLength, MissingDash, NonHex:
+			default:
+				t.Fatalf("FromUUID(%q) returned unknown reason %q", s, ue.Reason)
 			}
 			return
 		}

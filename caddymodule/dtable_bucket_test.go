@@ -1,0 +1,193 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
+)
+
+// unroutableFollower is a follower without etcd whose assignment gives
+// every bucket to n1, except 01 (unassigned) and 02 (owned by ghost, which
+// is not registered).
+func unroutableFollower() *follower {
+	fw := &follower{}
+	snap := watch.EmptySnapshot()
+	snap.Nodes["n1"] = schema.Node{NodeID: "n1", NodeURL: "https://n1/", LocalNodeURL: "http://127.0.0.1:5000/"}
+	snap.Assignment = &schema.Assignment{Version: 3}
+	for b := range snap.Assignment.Owners {
+		snap.Assignment.Owners[b] = "n1"
+	}
+	snap.Assignment.Owners[0x01] = ""
+	snap.Assignment.Owners[0x02] = "ghost"
+	fw.table.Store(buildTable(fw, snap))
+	return fw
+}
+
+// served is what a DtableBucket did with one request.
+type served struct {
+	rec  *httptest.ResponseRecorder // what it wrote
+	err  error                      // what it returned
+	repl *caddy.Replacer            // the request's placeholders
+	next bool                       // whether it called the next handler
+}
+
+// serve runs a DtableBucket (not provisioned: no etcd) on one request of
+// a server with or without error routes.
+func serve(t *testing.T, fw *follower, noUUID, target string, errorRoutes bool) served {
+	t.Helper()
+	h := &DtableBucket{NoUUID: noUUID, finder: *defaultFinder(), retryAfter: "5"}
+	h.follower = fw
+	srv := &caddyhttp.Server{}
+	if errorRoutes {
+		srv.Errors = &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{{}}}
+	}
+	s := served{rec: httptest.NewRecorder(), repl: caddy.NewReplacer()}
+	r := caddyhttp.PrepareRequest(httptest.NewRequest("GET", target, nil), s.repl, s.rec, srv)
+	s.err = h.ServeHTTP(s.rec, r, caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		s.next = true
+		return nil
+	}))
+	return s
+}
+
+func placeholders(repl *caddy.Replacer) [3]string {
+	var out [3]string
+	for i, name := range []string{placeholderBucket, placeholderNode, placeholderReason} {
+		v, known := repl.GetString(name)
+		if !known {
+			v = "(unset)"
+		}
+		out[i] = v
+	}
+	return out
+}
+
+func TestRoutingErrors(t *testing.T) {
+	tests := []struct {
+		name   string
+		fw     *follower
+		noUUID string
+		target string
+		status int
+		// {http.dtable_bucket.bucket}, .node, .reason
+		placeholders [3]string
+	}{
+		{"malformed UUID", unroutableFollower(), "any_node", "/dtables/xyz", 400, [3]string{"", "", "malformed_uuid"}},
+		{"missing UUID", unroutableFollower(), "any_node", "/dtables/", 400, [3]string{"", "", "missing_uuid"}},
+		{"no UUID, reject", unroutableFollower(), "reject", "/ping/", 400, [3]string{"", "", "missing_uuid"}},
+		{"no UUID, no node", followerWithoutAssignment(), "any_node", "/ping/", 503, [3]string{"", "", "no_node"}},
+		{"no assignment", followerWithoutAssignment(), "any_node", "/dtables/" + uuidIn(0x5c), 503, [3]string{"5c", "", "no_assignment"}},
+		{"unassigned bucket", unroutableFollower(), "any_node", "/dtables/" + uuidIn(0x01), 503, [3]string{"01", "", "bucket_unassigned"}},
+		{"owner not registered", unroutableFollower(), "any_node", "/dtables/" + uuidIn(0x02), 503, [3]string{"02", "ghost", "owner_not_registered"}},
+	}
+	for _, tt := range tests {
+		retryAfter := map[int]string{503: "5"}[tt.status]
+		t.Run(tt.name+"/default answer", func(t *testing.T) {
+			s := serve(t, tt.fw, tt.noUUID, tt.target, false)
+			rec := s.rec
+			if s.err != nil || s.next {
+				t.Fatalf("returned %v, next called %v; want the handler to answer", s.err, s.next)
+			}
+			var body map[string]string
+			if rec.Code != tt.status || rec.Header().Get("Content-Type") != "application/json" ||
+				json.Unmarshal(rec.Body.Bytes(), &body) != nil {
+				t.Fatalf("answer %d %v %s; want %d in JSON", rec.Code, rec.Header(), rec.Body, tt.status)
+			}
+			if body["reason"] != tt.placeholders[2] || body["bucket"] != tt.placeholders[0] || body["error"] == "" {
+				t.Errorf("body %v; want reason %s, bucket %q and a message", body, tt.placeholders[2], tt.placeholders[0])
+			}
+			if got := rec.Header().Get("Retry-After"); got != retryAfter {
+				t.Errorf("Retry-After %q; want %q", got, retryAfter)
+			}
+			if got := placeholders(s.repl); got != tt.placeholders {
+				t.Errorf("placeholders %q; want %q", got, tt.placeholders)
+			}
+		})
+		t.Run(tt.name+"/error routes", func(t *testing.T) {
+			s := serve(t, tt.fw, tt.noUUID, tt.target, true)
+			rec := s.rec
+			var he caddyhttp.HandlerError
+			if !errors.As(s.err, &he) || he.StatusCode != tt.status || s.next {
+				t.Fatalf("returned %v, next called %v; want a caddyhttp.HandlerError with status %d", s.err, s.next, tt.status)
+			}
+			var re *routingError
+			if !errors.As(s.err, &re) || re.reason != tt.placeholders[2] {
+				t.Errorf("error %v does not carry the routing error %s", s.err, tt.placeholders[2])
+			}
+			if rec.Code != http.StatusOK || rec.Body.Len() != 0 || rec.Header().Get("Content-Type") != "" {
+				t.Errorf("the handler wrote %d %v %q; the error routes answer", rec.Code, rec.Header(), rec.Body)
+			}
+			if got := rec.Header().Get("Retry-After"); got != retryAfter {
+				t.Errorf("Retry-After %q; want %q", got, retryAfter)
+			}
+			if got := placeholders(s.repl); got != tt.placeholders {
+				t.Errorf("placeholders %q; want %q", got, tt.placeholders)
+			}
+		})
+	}
+}
+
+func TestRoutedRequestPlaceholders(t *testing.T) {
+	tests := []struct {
+		name         string
+		target       string
+		placeholders [3]string
+	}{
+		{"with a UUID", "/dtables/" + uuidIn(0x5c), [3]string{"5c", "n1", ""}},
+		{"without a UUID", "/ping/", [3]string{"", "n1", ""}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := serve(t, unroutableFollower(), "any_node", tt.target, false)
+			if s.err != nil || !s.next || s.rec.Body.Len() != 0 {
+				t.Fatalf("returned %v, next called %v, wrote %q; want it routed", s.err, s.next, s.rec.Body)
+			}
+			if got := placeholders(s.repl); got != tt.placeholders {
+				t.Errorf("placeholders %q; want %q", got, tt.placeholders)
+			}
+		})
+	}
+}
+
+// A bucket that moves between the handler and the proxy's dial is not
+// sent to its old owner, and handle_errors can tell why.
+func TestUpstreamsRefuseAMovedBucket(t *testing.T) {
+	fw := unroutableFollower()
+	repl := caddy.NewReplacer()
+	r := caddyhttp.PrepareRequest(httptest.NewRequest("GET", "/dtables/"+uuidIn(0x5c), nil), repl, nil, &caddyhttp.Server{})
+	_, chosen := fw.lookup(0x5c)
+	caddyhttp.SetVar(r.Context(), routeVar, chosen)
+
+	ups, err := DtableBucketUpstreams{}.GetUpstreams(r)
+	if err != nil || len(ups) != 1 || ups[0].Dial != "127.0.0.1:5000" {
+		t.Fatalf("before the move: %v, %v", ups, err)
+	}
+	snap := *fw.table.Load().snap
+	assignment := *snap.Assignment
+	assignment.Owners[0x5c] = "ghost"
+	snap.Assignment = &assignment
+	fw.table.Store(buildTable(fw, &snap))
+
+	ups, err = DtableBucketUpstreams{}.GetUpstreams(r)
+	if err == nil || len(ups) != 0 {
+		t.Fatalf("after the move: %v, %v; want an error", ups, err)
+	}
+	if got, _ := repl.GetString(placeholderReason); got != reasonMoved {
+		t.Errorf("{%s} = %q; want %s", placeholderReason, got, reasonMoved)
+	}
+}
+
+// followerWithoutAssignment is a follower that has read no assignment yet.
+func followerWithoutAssignment() *follower {
+	fw := &follower{}
+	fw.table.Store(buildTable(fw, nil))
+	return fw
+}
