@@ -43,9 +43,11 @@ func (lc *localCluster) smoke(ctx context.Context) error {
 	// Stop one server's registrar: its buckets move, nothing else.
 	victim := st.Nodes[1].NodeID
 	before := st.owners()
-	lc.signal(victim, syscall.SIGTERM)
 	t0 := time.Now()
-	st, err = waitFor(ctx, 10*time.Second, victim+"'s buckets moved", func(st status) bool { return st.count(victim) == 0 && st.Unassigned == 0 })
+	lc.signal(victim, syscall.SIGTERM) // returns once the registrar has exited: after the handoff
+	st, err = waitFor(ctx, 30*time.Second, victim+"'s buckets handed off", func(st status) bool {
+		return st.count(victim) == 0 && st.Unassigned == 0 && st.settled()
+	})
 	if err != nil {
 		return err
 	}
@@ -58,7 +60,7 @@ func (lc *localCluster) smoke(ctx context.Context) error {
 			moved++
 		}
 	}
-	lc.logf("stopped %s: %d buckets moved in %v, no other bucket moved; %s", victim, moved, time.Since(t0).Round(time.Millisecond), st.counts())
+	lc.logf("stopped %s: %d buckets handed off in %v, no other bucket moved; %s", victim, moved, time.Since(t0).Round(time.Millisecond), st.counts())
 
 	if err := lc.startRegistrar(victim, lc.local[victim]); err != nil {
 		return err
@@ -88,9 +90,12 @@ func (lc *localCluster) smoke(ctx context.Context) error {
 		return fmt.Errorf("after rebalance: %v", result.Counts)
 	}
 	lc.logf("POST :5555/rebalance/: version %d, %d moves, counts %v", result.Version, len(result.Moves), result.Counts)
-	if _, err := waitFor(ctx, 10*time.Second, "proxy on the new version", func(st status) bool { return st.Version == result.Version }); err != nil {
+	t0 = time.Now()
+	st, err = waitFor(ctx, 60*time.Second, "rebalance handoffs done", func(st status) bool { return st.Version >= result.Version && st.settled() })
+	if err != nil {
 		return err
 	}
+	lc.logf("rebalance handoffs done in %v (version %d): %s", time.Since(t0).Round(time.Millisecond), st.Version, st.counts())
 	if err := checkAllBuckets(); err != nil {
 		return err
 	}
@@ -112,15 +117,20 @@ type nodeView struct {
 }
 
 type status struct {
-	Version    int64      `json:"version"`
-	Unassigned int        `json:"unassigned"`
-	Nodes      []nodeView `json:"nodes"`
+	Version    int64             `json:"version"`
+	Unassigned int               `json:"unassigned"`
+	Nodes      []nodeView        `json:"nodes"`
+	Moving     []json.RawMessage `json:"moving"` // handoffs in progress
+	Queued     int               `json:"queued"`
 	all        []nodeView
 	buckets    []struct {
 		Bucket string `json:"bucket"`
 		NodeID string `json:"node_id"`
 	}
 }
+
+// settled: no handoff in progress or queued.
+func (s status) settled() bool { return len(s.Moving) == 0 && s.Queued == 0 }
 
 func (s status) count(node string) int {
 	for _, n := range s.all {
