@@ -53,6 +53,10 @@ type Config struct {
 	Strict bool
 	// SaveDelay is how long saving a dirty bucket takes on release.
 	SaveDelay time.Duration
+	// RefuseRelease makes the server answer 503 to a notification that
+	// orders a release, and keep serving the buckets: a server that never
+	// acknowledges, for tests of the handoff timeout.
+	RefuseRelease bool
 }
 
 // Interval is one entry of the log: a hold (Kind "hold": from acquiring a
@@ -290,6 +294,10 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 		}
 		s.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if len(n.Release) > 0 && s.cfg.RefuseRelease {
+		http.Error(w, "this server does not release buckets", http.StatusServiceUnavailable)
 		return
 	}
 	var releasing []string

@@ -168,6 +168,11 @@ func Advance(in Input) *Step {
 			continue
 		}
 		mv := schema.Move{Bucket: bk, From: owner, To: target, Reason: in.Reasons[bk]}
+		if q, ok := cur.Queued[bk]; ok && q.To == target && mv.Reason == "" {
+			// Planned earlier (e.g. by a rebalance request); a routine round
+			// that keeps the plan does not know why, the queue does.
+			mv.Reason = q.Reason
+		}
 		if owner == "" || !in.Live[owner] {
 			next.Owners[b] = target
 			st.Direct = append(st.Direct, mv)

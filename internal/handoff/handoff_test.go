@@ -131,6 +131,16 @@ func TestAdvance(t *testing.T) {
 				t.Fatalf("started %v queued %v", st.Started, st.Next.Queued)
 			}
 		}},
+		{"a queued move keeps its reason when a later round does not know it", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
+			cur.Queued = map[bucket.Bucket]schema.QueuedMove{0: {To: "c", Reason: "rebalance"}}
+			target[0] = "c"
+			in.Hold = map[bucket.Bucket]bool{0: true}
+			in.Reasons[0] = "" // the round's plan keeps the target but has no reason for it
+		}, func(t *testing.T, st *Step) {
+			if st.Next.Queued[0].Reason != "rebalance" || st.Changed() {
+				t.Fatalf("queued %+v, changed %v", st.Next.Queued, st.Changed())
+			}
+		}},
 		{"a queue that the plan no longer wants disappears", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
 			cur.Queued = map[bucket.Bucket]schema.QueuedMove{0: {To: "c"}}
 		}, func(t *testing.T, st *Step) {

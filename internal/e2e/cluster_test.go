@@ -1,0 +1,442 @@
+// Package e2e runs whole clusters on this machine, to prove the handoff
+// end to end: real etcd (embedded), real Caddy with the module (caddytest),
+// registrar and monitor processes built from this tree, and stand-in
+// servers (internal/fakeserver, strict: they follow the server contract
+// and log every hold and every request they serve). Every test asserts
+// from the servers' logs that no bucket was held or served by two servers
+// at overlapping instants.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	_ "github.com/dtablecluster/dtable-router/caddymodule"
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/fakeserver"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
+)
+
+var layout = schema.Layout{Prefix: schema.DefaultPrefix}
+
+// binaries are built once per test run.
+var (
+	buildOnce                sync.Once
+	registrarBin, monitorBin string
+	buildErr                 error
+	binDir                   string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+func build(t *testing.T) {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		registrarBin, monitorBin = filepath.Join(binDir, "registrar"), filepath.Join(binDir, "monitor")
+		for bin, pkg := range map[string]string{registrarBin: "../../registrar", monitorBin: "../../monitor"} {
+			if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+}
+
+// ttl is the registrars' lease TTL in these tests: short, so that a crash
+// is seen quickly.
+const ttl = 3 * time.Second
+
+// The one Caddy of this test binary (caddytest) listens on these.
+var (
+	portsOnce                      sync.Once
+	adminPort, proxyPort, httpPort int
+)
+
+type cluster struct {
+	t       *testing.T
+	etcd    *etcdtest.Etcd
+	cli     *clientv3.Client
+	servers map[string]*server
+	mons    map[string]*proc
+	// handoffs records, per committed move seen in etcd, the time from
+	// its start to its commit.
+	handoffs struct {
+		mu   sync.Mutex
+		took []time.Duration
+	}
+}
+
+// server is one stand-in dtable-server and its registrar.
+type server struct {
+	name  string
+	fake  *fakeserver.Server
+	http  *httptest.Server
+	relay *relay // the registrar's way to etcd, which a test can cut
+	reg   *proc
+}
+
+type options struct {
+	servers  int
+	save     time.Duration // each server's save delay
+	refuse   map[string]bool
+	monitors int
+	monArgs  []string
+}
+
+func newCluster(t *testing.T, o options) *cluster {
+	build(t)
+	portsOnce.Do(func() {
+		adminPort, proxyPort, httpPort = testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
+	})
+	c := &cluster{t: t, etcd: etcdtest.Start(t), servers: map[string]*server{}, mons: map[string]*proc{}}
+	c.cli = c.etcd.Client(t)
+	for i := 1; i <= o.servers; i++ {
+		name := fmt.Sprintf("s%d", i)
+		s := &server{name: name, fake: fakeserver.New(fakeserver.Config{Name: name, Strict: true, SaveDelay: o.save, RefuseRelease: o.refuse[name]})}
+		s.http = httptest.NewServer(s.fake)
+		t.Cleanup(s.http.Close)
+		s.relay = newRelay(t, strings.TrimPrefix(c.etcd.Endpoints()[0], "http://"))
+		c.servers[name] = s
+		c.startRegistrar(s)
+	}
+	for i := 0; i < o.monitors; i++ {
+		name := fmt.Sprintf("mon-%c", 'a'+i)
+		args := append([]string{"-etcd", strings.Join(c.etcd.Endpoints(), ","), "-id", name, "-settle", "1s",
+			"-interval", "500ms", "-session-ttl", "2s"}, o.monArgs...)
+		c.mons[name] = startProc(t, name, monitorBin, args...)
+	}
+	c.loadCaddy()
+	c.followHandoffs()
+	testutil.Eventually(t, 20*time.Second, "every bucket assigned and held by its owner", func() bool {
+		a := c.assignment()
+		if a == nil || len(a.Owned("")) != 0 {
+			return false
+		}
+		for _, s := range c.servers {
+			if len(s.fake.Held()) != len(a.Owned(s.name)) {
+				return false
+			}
+		}
+		return true
+	})
+	return c
+}
+
+func (c *cluster) startRegistrar(s *server) {
+	s.reg = startProc(c.t, "registrar-"+s.name, registrarBin,
+		"-etcd", s.relay.addr, "-node-id", s.name, "-node-url", "https://"+s.name+".example.com/",
+		"-local-node-url", s.http.URL+"/", "-notify-url", s.http.URL+fakeserver.NotifyPath,
+		"-ttl", ttl.String(), "-shutdown-timeout", "30s", "-release-timeout", "10s")
+}
+
+func (c *cluster) loadCaddy() {
+	eps := strings.Join(c.etcd.Endpoints(), " ")
+	cfg := fmt.Sprintf(`{
+	admin localhost:%d
+	http_port %d
+	grace_period 1ns
+	skip_install_trust
+	auto_https off
+}
+:%d {
+	dtable_bucket_proxy {
+		etcd %s
+		lb_try_duration 2s
+	}
+}
+`, adminPort, httpPort, proxyPort, eps)
+	tester := caddytest.NewTester(c.t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort, LoadRequestTimeout: 20 * time.Second})
+	tester.InitServer(cfg, "caddyfile")
+	c.t.Cleanup(func() { // unload before etcd stops
+		body := strings.NewReader(fmt.Sprintf(`{"admin":{"listen":"localhost:%d"}}`, adminPort))
+		if resp, err := http.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), "application/json", body); err == nil {
+			resp.Body.Close()
+		}
+	})
+}
+
+// followHandoffs watches the assignment and records each committed move.
+func (c *cluster) followHandoffs() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.t.Cleanup(cancel)
+	wch := c.cli.Watch(ctx, layout.AssignmentKey())
+	go func() {
+		started := map[bucket.Bucket]time.Time{}
+		var prev *schema.Assignment
+		for wr := range wch {
+			for _, ev := range wr.Events {
+				a, err := schema.ParseAssignment(ev.Kv.Value)
+				if err != nil {
+					continue
+				}
+				now := time.Now()
+				for b, m := range a.Moving {
+					if _, ok := started[b]; !ok {
+						started[b] = m.Since
+					}
+				}
+				for b, since := range started {
+					if _, still := a.Moving[b]; still {
+						continue
+					}
+					if prev != nil && prev.Owners[b] != a.Owners[b] {
+						c.handoffs.mu.Lock()
+						c.handoffs.took = append(c.handoffs.took, now.Sub(since))
+						c.handoffs.mu.Unlock()
+					}
+					delete(started, b)
+				}
+				prev = a
+			}
+		}
+	}()
+}
+
+func (c *cluster) assignment() *schema.Assignment {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.cli.Get(ctx, layout.AssignmentKey())
+	if err != nil || len(resp.Kvs) == 0 {
+		return nil
+	}
+	a, err := schema.ParseAssignment(resp.Kvs[0].Value)
+	if err != nil {
+		return nil
+	}
+	return a
+}
+
+func (c *cluster) waitAssignment(what string, d time.Duration, cond func(*schema.Assignment) bool) *schema.Assignment {
+	c.t.Helper()
+	var a *schema.Assignment
+	testutil.Eventually(c.t, d, what, func() bool { a = c.assignment(); return a != nil && cond(a) })
+	return a
+}
+
+func settled(a *schema.Assignment) bool { return len(a.Moving) == 0 && len(a.Queued) == 0 }
+
+// checkNoOverlap fails the test if any bucket was held or served by two
+// servers at overlapping instants.
+func (c *cluster) checkNoOverlap() {
+	c.t.Helper()
+	var logs [][]fakeserver.Interval
+	holds, serves := 0, 0
+	for _, s := range c.servers {
+		l := s.fake.Log()
+		logs = append(logs, l)
+		for _, iv := range l {
+			switch iv.Kind {
+			case "hold":
+				holds++
+			case "serve":
+				serves++
+			}
+		}
+	}
+	if bad := fakeserver.Overlaps(logs...); len(bad) > 0 {
+		c.t.Fatalf("%d overlaps (a bucket on two servers at once):\n%s", len(bad), strings.Join(bad[:min(len(bad), 20)], "\n"))
+	}
+	c.t.Logf("no overlap in %d holds and %d served requests", holds, serves)
+}
+
+// uuidOf is a base UUID in bucket b.
+func uuidOf(b bucket.Bucket) string { return fmt.Sprintf("%s000000-0000-4000-8000-000000000000", b) }
+
+// load sends requests for every bucket through the proxy until stop is
+// closed, from workers goroutines, and counts the failures (any answer
+// but 200, or a transport error). It is bounded by max requests.
+type load struct {
+	sent, failed atomic.Int64
+	mu           sync.Mutex
+	failures     []string
+	done         chan struct{}
+}
+
+func startLoad(t *testing.T, workers int, max int64) (*load, func()) {
+	l := &load{done: make(chan struct{})}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	client := &http.Client{Timeout: 30 * time.Second}
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; ; i += workers {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if l.sent.Load() >= max {
+					return
+				}
+				b := bucket.Bucket(i % bucket.Count)
+				method := []string{"GET", "POST"}[i/bucket.Count%2]
+				req, _ := http.NewRequest(method, fmt.Sprintf("http://127.0.0.1:%d/dtables/%s/rows/", proxyPort, uuidOf(b)), strings.NewReader("x"))
+				l.sent.Add(1)
+				resp, err := client.Do(req)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err != nil || resp.StatusCode != 200 {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if len(l.failures) < 10 {
+						msg := fmt.Sprint(err)
+						if err == nil {
+							msg = fmt.Sprintf("%s %s: %d", method, b, resp.StatusCode)
+						}
+						l.failures = append(l.failures, time.Now().Format("15:04:05.000")+" "+msg)
+					}
+					l.mu.Unlock()
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(l.done) }()
+	return l, func() { close(stop); <-l.done }
+}
+
+func (l *load) report(t *testing.T) {
+	t.Helper()
+	t.Logf("load: %d requests, %d failed", l.sent.Load(), l.failed.Load())
+	if l.failed.Load() > 0 {
+		t.Errorf("%d of %d requests failed; first: %v", l.failed.Load(), l.sent.Load(), l.failures)
+	}
+}
+
+// proc is a program the test started.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func startProc(t *testing.T, name, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() && os.Getenv("E2E_LOGS") != "" {
+			t.Logf("--- output of %s:\n%s", p.name, p.out)
+		}
+	})
+	return p
+}
+
+func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
+
+func (p *proc) wait(t *testing.T, d time.Duration) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(d):
+		t.Fatalf("%s did not exit within %v", p.name, d)
+	}
+}
+
+// relay forwards TCP connections to target until cut.
+type relay struct {
+	addr   string
+	target string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]bool
+}
+
+func newRelay(t *testing.T, target string) *relay {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]bool{}}
+	go r.serve(ln)
+	t.Cleanup(r.cut)
+	return r
+}
+
+func (r *relay) serve(ln net.Listener) {
+	for {
+		in, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		out, err := net.Dial("tcp", r.target)
+		if err != nil {
+			in.Close()
+			continue
+		}
+		r.mu.Lock()
+		r.conns[in], r.conns[out] = true, true
+		r.mu.Unlock()
+		go func() { io.Copy(out, in); out.Close() }()
+		go func() { io.Copy(in, out); in.Close() }()
+	}
+}
+
+// cut closes the listener and every connection: the registrar behind it
+// is cut off from etcd while everything else goes on.
+func (r *relay) cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ln != nil {
+		r.ln.Close()
+		r.ln = nil
+	}
+	for c := range r.conns {
+		c.Close()
+	}
+	r.conns = map[net.Conn]bool{}
+}
