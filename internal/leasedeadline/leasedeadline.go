@@ -4,19 +4,25 @@
 // buckets (docs/server-contract.md, "Deadlines").
 //
 // etcd expires a lease no earlier than TTL after the last renewal it
-// received, and a leader change only extends leases. The tracker asks etcd
-// for the lease's remaining time (LeaseTimeToLive, answered by the leader)
-// and records, on the monotonic clock, when it *sent* the question: the
-// lease cannot expire before sent + remaining. The deadline is that minus
-// a margin for the message to the server, pauses and clock-rate error.
-// While answers keep coming, the deadline moves forward; when they stop,
-// it stays, and Expired fires when it passes.
+// received, and a leader change only extends leases. The tracker renews
+// the lease itself (one keep-alive, answered by the leader with the full
+// TTL) and records, on the monotonic clock, when it *sent* the renewal:
+// the lease cannot expire before sent + TTL. (Asking LeaseTimeToLive
+// instead would do without a renewal, but it answers in whole seconds
+// that have already run down, which leaves little room for short TTLs.)
+// The deadline is that minus a margin for the message to the server,
+// pauses and clock-rate error. While answers keep coming, the deadline
+// moves forward; when they stop, it stays, and Expired fires when it
+// passes.
 package leasedeadline
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -89,12 +95,15 @@ func (t *Tracker) ask(ctx context.Context) bool {
 	sent := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, t.interval)
 	defer cancel()
-	resp, err := t.cli.TimeToLive(rctx, t.lease)
+	resp, err := t.cli.KeepAliveOnce(rctx, t.lease)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return true // revoked or expired
+	}
 	if err != nil {
 		return false // no answer: the deadline stays where it was
 	}
 	if resp.TTL <= 0 {
-		return true // etcd says the lease is gone (-1) or expiring now
+		return true
 	}
 	d := sent.Add(time.Duration(resp.TTL)*time.Second - t.margin)
 	t.mu.Lock()
