@@ -39,6 +39,7 @@ func runRegistrar(ctx context.Context, s *settings, log *zap.Logger) error {
 		log:             log.With(zap.String("node_id", s.node.NodeID)),
 		watcher:         w,
 		shutdownTimeout: s.shutdownTimeout,
+		releaseTimeout:  s.releaseTimeout,
 	}
 	if s.health.path != "" {
 		r.health = newHealthChecker(s.healthURL(), s.health, r.log.Named("health"))
@@ -74,8 +75,9 @@ type registrar struct {
 	watcher *watch.Watcher
 	health  *healthChecker // nil: no health gate
 	link    *serverLink
-	// shutdownTimeout bounds the handoff of a clean stop.
-	shutdownTimeout time.Duration
+	// shutdownTimeout bounds the handoff of a clean stop; releaseTimeout
+	// how long the server may take to save what it could not hand off.
+	shutdownTimeout, releaseTimeout time.Duration
 
 	// retry bounds the back-off between failed attempts; tests shorten it.
 	retryMin, retryMax time.Duration
@@ -127,7 +129,7 @@ func (r *registrar) run(ctx, linkCtx context.Context) error {
 		r.log.Info("registered", zap.String("key", r.layout.NodeKey(r.node.NodeID)),
 			zap.String("node_url", r.node.NodeURL), zap.String("local_node_url", r.node.LocalNodeURL),
 			zap.Int64("ttl_seconds", r.ttl), zap.String("lease", leaseHex(sess.Lease())))
-		r.link.attach(linkCtx, sess.Lease())
+		r.link.attach(linkCtx, sess.Lease(), rev)
 		if err := r.hold(ctx, sub, sess, rev); err != nil {
 			return err
 		}
@@ -150,8 +152,7 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 		select {
 		case <-ctx.Done():
 			r.leave(sub, sess)
-			r.link.detach("clean stop")
-			r.withdraw(sess)
+			r.withdrawAfter(r.link.detach("clean stop"), sess)
 			return nil
 		case <-sess.Done():
 			// The keep-alive stopped: the lease expired or was revoked, or
@@ -162,8 +163,7 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 		case <-healthChanged:
 			if !r.health.healthy() {
 				r.log.Warn("local server unhealthy; withdrawing the registration", zap.String("health_url", r.health.url))
-				r.link.detach("local server unhealthy")
-				r.withdraw(sess)
+				r.withdrawAfter(r.link.detach("local server unhealthy"), sess)
 				return nil
 			}
 		case snap := <-sub.C:
@@ -174,7 +174,7 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 			_, corrupt := snap.NodeErrors[r.node.NodeID]
 			switch {
 			case present && !corrupt && !cur.SameEndpoints(r.node):
-				r.link.detach("another server registered with this node_id")
+				r.link.detach("another server registered with this node_id") // the key is not ours to revoke
 				return fmt.Errorf("%w: %s now holds node_url %s, local_node_url %s, written by someone else; "+
 					"is another server configured with node_id %q?", errConflict, r.layout.NodeKey(r.node.NodeID),
 					cur.NodeURL, cur.LocalNodeURL, r.node.NodeID)
@@ -183,8 +183,7 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 				rev, err := r.put(ctx, sess.Lease())
 				if err != nil {
 					r.log.Warn("re-writing the registration failed; registering again", zap.Error(err))
-					r.link.detach("registration could not be re-written")
-					r.withdraw(sess)
+					r.withdrawAfter(r.link.detach("registration could not be re-written"), sess)
 					return nil
 				}
 				putRev = rev
@@ -294,6 +293,20 @@ func (r *registrar) remaining(ctx context.Context, id clientv3.LeaseID) string {
 	return fmt.Sprintf("within %ds unless it is kept alive", ttl.TTL)
 }
 
+// withdrawAfter withdraws the registration at once if the server's fence
+// was confirmed. Otherwise the lease is left to expire: the monitor moves
+// the node's buckets as soon as its key vanishes, and only the lease's
+// expiry is sure to come after the server's own deadline.
+func (r *registrar) withdrawAfter(fenced bool, sess *concurrency.Session) {
+	if fenced {
+		r.withdraw(sess)
+		return
+	}
+	sess.Orphan()
+	r.log.Warn("the server did not confirm its fence: not revoking the lease; the registration expires after the TTL, after the server's own deadline",
+		zap.String("lease", leaseHex(sess.Lease())), zap.Int64("ttl_seconds", r.ttl))
+}
+
 // withdraw ends the session and revokes its lease, deleting the node key at
 // once (see leases.Release: it works on shutdown too, when ctx is done).
 func (r *registrar) withdraw(sess *concurrency.Session) {
@@ -338,11 +351,23 @@ func (r *registrar) leave(sub *watch.Subscription, sess *concurrency.Session) {
 		return len(s.Assignment.Owned(r.node.NodeID))
 	}
 	snap := r.watcher.Snapshot()
-	if owned(snap) == 0 || r.shutdownTimeout == 0 {
+	if owned(snap) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.shutdownTimeout)
 	defer cancel()
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			// Stopping with buckets: the server saves and unloads them
+			// before it is fenced, so no change is lost.
+			ok := r.link.releaseEverything(r.releaseTimeout)
+			r.log.Info("asked the server to save and unload every bucket before stopping", zap.Bool("confirmed", ok))
+		}
+	}()
+	if r.shutdownTimeout == 0 {
+		return
+	}
 	if leader, err := monitorapi.Leader(ctx, r.cli, r.layout); err != nil || leader == "" {
 		r.log.Warn("stopping without a handoff: no monitor leads to move the buckets", zap.Error(err))
 		return
@@ -365,5 +390,6 @@ func (r *registrar) leave(sub *watch.Subscription, sess *concurrency.Session) {
 			return
 		}
 	}
+	handedOff = true
 	r.log.Info("every bucket handed off", zap.Duration("took", time.Since(start)))
 }

@@ -48,12 +48,22 @@ type serverLink struct {
 
 	mu      sync.Mutex
 	lease   clientv3.LeaseID       // the registration's lease; 0 = not registered
+	minRev  int64                  // the registration's etcd revision: older snapshots give nothing new
 	tracker *leasedeadline.Tracker // follows lease; nil when not registered
 	stopTr  context.CancelFunc
-	fenced  bool          // the server was told to fence since the last deadline
-	stale   bool          // a heartbeat failed: the server may have fenced itself; send the state again
-	changed chan struct{} // registration or deadline changed: send the state again
-	beat    chan struct{} // the deadline moved: renew it at once
+	fenced  bool  // the server was told to fence since the last deadline
+	fences  int64 // fences so far: a release answered across a fence is not acknowledged
+	// lastFenceOK: whether the last fence was confirmed (by the server or
+	// the fence command); a repeated fence reports it.
+	lastFenceOK bool
+	resend      bool  // the server may hold less than the last state said: send it again
+	seq         int64 // the last message's Seq
+	// releaseAll: a clean stop without a handoff; the server is asked to
+	// save and unload everything, and allReleased closes once it has.
+	releaseAll  bool
+	allReleased chan struct{}
+	changed     chan struct{} // registration or deadline changed: send the state again
+	beat        chan struct{} // the deadline moved: renew it at once
 }
 
 func (l *serverLink) init() {
@@ -65,6 +75,26 @@ func (l *serverLink) init() {
 	}
 	l.changed = make(chan struct{}, 1)
 	l.beat = make(chan struct{}, 1)
+	l.allReleased = make(chan struct{})
+}
+
+// nextSeq numbers a message: above the last one and above the wall clock
+// in nanoseconds, so a restarted registrar continues above its
+// predecessor (see contract.Notification.Seq).
+func (l *serverLink) nextSeq() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seq = max(l.seq+1, time.Now().UnixNano())
+	return l.seq
+}
+
+// resendState makes the state loop send the state again, even if it is
+// the same as the last one it sent.
+func (l *serverLink) resendState() {
+	l.mu.Lock()
+	l.resend = true
+	l.mu.Unlock()
+	poke(l.changed)
 }
 
 func poke(ch chan struct{}) {
@@ -74,16 +104,19 @@ func poke(ch chan struct{}) {
 	}
 }
 
-// attach starts following the lease of a new registration. The server is
-// given buckets only once etcd has confirmed the lease (a deadline).
-func (l *serverLink) attach(ctx context.Context, lease clientv3.LeaseID) {
+// attach starts following the lease of a new registration, written at
+// etcd revision rev. The server is given new buckets only once etcd has
+// confirmed the lease (a deadline) and the watcher has caught up with the
+// registration (an older snapshot may name buckets that were given away
+// while this node was gone).
+func (l *serverLink) attach(ctx context.Context, lease clientv3.LeaseID, rev int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopTr != nil {
 		l.stopTr()
 	}
 	tctx, cancel := context.WithCancel(ctx)
-	l.lease, l.stopTr = lease, cancel
+	l.lease, l.stopTr, l.minRev = lease, cancel, rev
 	go l.follow(tctx, lease)
 	poke(l.changed)
 }
@@ -96,6 +129,10 @@ func (l *serverLink) follow(tctx context.Context, lease clientv3.LeaseID) {
 	for tctx.Err() == nil {
 		tr := leasedeadline.New(l.cli, lease, l.ttl, l.margin)
 		l.mu.Lock()
+		if l.lease != lease || tctx.Err() != nil { // detached or re-attached meanwhile
+			l.mu.Unlock()
+			return
+		}
 		l.tracker = tr
 		l.mu.Unlock()
 		go tr.Run(tctx)
@@ -130,16 +167,38 @@ func (l *serverLink) follow(tctx context.Context, lease clientv3.LeaseID) {
 
 // detach ends the registration's link: the server is fenced (it must hold
 // nothing once the registration can vanish), then the lease is forgotten.
-// Call it before withdrawing the registration.
-func (l *serverLink) detach(reason string) {
+// Call it before withdrawing the registration; it reports whether the
+// fence was confirmed. Revoke the lease only then: otherwise let it
+// expire, which happens after the server's own deadline.
+func (l *serverLink) detach(reason string) bool {
 	l.mu.Lock()
 	if l.stopTr != nil {
 		l.stopTr()
 	}
 	l.lease, l.tracker, l.stopTr = 0, nil, nil
 	l.mu.Unlock()
-	l.fence(reason)
+	confirmed := l.fence(reason)
 	poke(l.changed)
+	return confirmed
+}
+
+// releaseEverything asks the server to save and unload every bucket (a
+// clean stop that could not hand them off) and waits until it has, at
+// most d. It reports whether the server confirmed.
+func (l *serverLink) releaseEverything(d time.Duration) bool {
+	if l.url == "" {
+		return true
+	}
+	l.mu.Lock()
+	l.releaseAll = true
+	l.mu.Unlock()
+	l.resendState()
+	select {
+	case <-l.allReleased:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 // serveForMS is how long the server may serve from now, 0 if unknown.
@@ -191,28 +250,36 @@ func (l *serverLink) run(ctx context.Context) {
 		case <-retry:
 		}
 		retry = nil
-		l.mu.Lock()
-		if l.stale {
-			lastSent = "" // the server may hold less than we last told it
-		}
-		l.mu.Unlock()
 		snap := l.watcher.Snapshot()
 		if snap == nil {
 			continue
 		}
-		lease := l.currentLease()
+		l.mu.Lock()
+		if l.resend {
+			lastSent, l.resend = "", false // the server may hold less than we last told it
+		}
+		lease, minRev, fences, releaseAll := l.lease, l.minRev, l.fences, l.releaseAll
+		l.mu.Unlock()
 		msg := contract.Notification{NodeID: l.nodeID, PreviousVersion: prevVersion}
 		msg.DesiredState(snap.Assignment, prevHeld)
 		msg.ServeForMS = l.serveForMS()
-		if lease == 0 || msg.ServeForMS == 0 {
-			// Not registered, or the lease is not confirmed: hold nothing.
-			// (Releases are not asked for: without a registration the
-			// monitor does not wait for them.)
-			msg.DesiredState(nil, prevHeld)
-			msg.Version = 0
-			if snap.Assignment != nil {
-				msg.Version = snap.Assignment.Version
+		if snap.Revision < minRev {
+			msg.ServeForMS = 0 // the watcher is behind our registration: take nothing new yet
+		}
+		if lease == 0 {
+			// Not registered: the monitor does not wait for releases (the
+			// buckets move once the registration is gone, after the fence).
+			msg.Release = nil
+		}
+		if releaseAll {
+			for name, epoch := range msg.Epochs {
+				if msg.Release == nil {
+					msg.Release = map[string]contract.ReleaseOrder{}
+				}
+				msg.Release[name] = contract.ReleaseOrder{Epoch: epoch}
 			}
+			msg.Lost = append(msg.Lost, msg.Buckets...)
+			msg.Epochs, msg.Buckets = map[string]int64{}, []string{}
 		}
 		if l.url == "" {
 			if lease != 0 {
@@ -224,6 +291,7 @@ func (l *serverLink) run(ctx context.Context) {
 		if key == lastSent {
 			continue
 		}
+		msg.Seq = l.nextSeq()
 		if err := l.post(ctx, msg, l.releaseTimeout); err != nil {
 			if ctx.Err() != nil {
 				return
@@ -238,16 +306,37 @@ func (l *serverLink) run(ctx context.Context) {
 		lastSent, prevHeld, prevVersion = key, msg.Held(), msg.Version
 		l.log.Info("server state sent", zap.Int64("version", msg.Version), zap.Int("holds", len(msg.Epochs)),
 			zap.Strings("gained", msg.Gained), zap.Strings("lost", msg.Lost), zap.Int("released", len(msg.Release)))
-		if lease != 0 && len(msg.Release) > 0 {
-			l.acknowledge(ctx, lease, msg.Release)
+		l.mu.Lock()
+		fencedSince := l.fences != fences
+		l.mu.Unlock()
+		switch {
+		case fencedSince:
+			// A fence crossed this message: what it released may have been
+			// dropped unsaved. Acknowledge nothing; send the state again.
+			l.resendState()
+		case lease != 0 && len(msg.Release) > 0:
+			if !l.acknowledge(ctx, lease, msg.Release) {
+				l.resendState() // the next round acknowledges again
+			}
+		}
+		if releaseAll {
+			l.mu.Lock()
+			select {
+			case <-l.allReleased:
+			default:
+				close(l.allReleased)
+			}
+			l.mu.Unlock()
 		}
 	}
 }
 
 // stateKey identifies a state message without its deadline, so that the
-// same state is not sent twice (the heartbeats renew the deadline).
+// same state is not sent twice (the heartbeats renew the deadline). Whether
+// there is a deadline at all is part of it: with none the server may take
+// nothing new.
 func stateKey(msg contract.Notification) string {
-	msg.ServeForMS, msg.Gained, msg.Lost, msg.PreviousVersion = 0, nil, nil, 0
+	msg.ServeForMS, msg.Gained, msg.Lost, msg.PreviousVersion = min(msg.ServeForMS, 1), nil, nil, 0
 	b, _ := json.Marshal(msg)
 	return string(b)
 }
@@ -257,11 +346,11 @@ func stateKey(msg contract.Notification) string {
 // one transaction (the monitor then commits them in one write). The write
 // compares the assignment's revision, so a move that ended meanwhile gets
 // no stale acknowledgement; it is retried on the newest state a few times.
-func (l *serverLink) acknowledge(ctx context.Context, lease clientv3.LeaseID, release map[string]contract.ReleaseOrder) {
+func (l *serverLink) acknowledge(ctx context.Context, lease clientv3.LeaseID, release map[string]contract.ReleaseOrder) bool {
 	for attempt := 0; attempt < 5; attempt++ {
 		snap := l.watcher.Snapshot()
 		if snap.Assignment == nil {
-			return
+			return true
 		}
 		var ops []clientv3.Op
 		var names []string
@@ -274,15 +363,12 @@ func (l *serverLink) acknowledge(ctx context.Context, lease clientv3.LeaseID, re
 			if !moving || m.From != l.nodeID {
 				continue // ended meanwhile
 			}
-			if r, ok := snap.Released[b]; ok && r.Matches(m) {
-				continue // acknowledged already
-			}
 			ops = append(ops, clientv3.OpPut(l.layout.ReleasedKey(b),
 				string(schema.Released{From: l.nodeID, Epoch: m.Epoch}.Encode()), clientv3.WithLease(lease)))
 			names = append(names, name)
 		}
 		if len(ops) == 0 {
-			return
+			return true
 		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		txn, err := l.cli.Txn(actx).
@@ -292,13 +378,14 @@ func (l *serverLink) acknowledge(ctx context.Context, lease clientv3.LeaseID, re
 		if err == nil && txn.Succeeded {
 			slices.Sort(names)
 			l.log.Info("releases acknowledged", zap.Strings("buckets", names))
-			return
+			return true
 		}
 		if err != nil {
 			l.log.Warn("could not acknowledge releases; retrying", zap.Strings("buckets", names), zap.Error(err))
 		}
 		time.Sleep(50 * time.Millisecond) // let the watcher catch up with the newer assignment
 	}
+	return false
 }
 
 // heartbeats renew the server's deadline every heartbeat interval and
@@ -318,18 +405,12 @@ func (l *serverLink) heartbeats(ctx context.Context) {
 		if ms == 0 {
 			continue
 		}
-		msg := contract.Notification{Protocol: contract.Protocol, NodeID: l.nodeID, Heartbeat: true, ServeForMS: ms}
-		err := l.post(ctx, msg, l.heartbeat)
-		l.mu.Lock()
-		wasStale := l.stale
-		l.stale = err != nil
-		l.mu.Unlock()
-		switch {
-		case err != nil && ctx.Err() == nil:
-			l.log.Warn("heartbeat to the server failed", zap.String("url", l.url), zap.Error(err))
-		case err == nil && wasStale:
-			// It may have fenced itself at its deadline meanwhile.
-			poke(l.changed)
+		msg := contract.Notification{Protocol: contract.Protocol, NodeID: l.nodeID, Seq: l.nextSeq(), Heartbeat: true, ServeForMS: ms}
+		if err := l.post(ctx, msg, l.heartbeat); err != nil && ctx.Err() == nil {
+			// It may have fenced itself at its deadline meanwhile, or
+			// restarted, or says so (409): send the whole state again.
+			l.log.Warn("heartbeat to the server failed; sending the state again", zap.String("url", l.url), zap.Error(err))
+			l.resendState()
 		}
 	}
 }
@@ -337,19 +418,23 @@ func (l *serverLink) heartbeats(ctx context.Context) {
 // fence tells the server to drop every bucket now and runs the fence
 // command, once per loss of the deadline. Both are best effort and
 // bounded: a server that does not hear it fences at its deadline anyway.
-func (l *serverLink) fence(reason string) {
+func (l *serverLink) fence(reason string) bool {
 	l.mu.Lock()
-	already := l.fenced
+	already, lastOK := l.fenced, l.lastFenceOK
 	l.fenced = true
+	l.fences++
+	l.resend = true // once the deadline is back, the state must be sent again
 	l.mu.Unlock()
 	if already {
-		return
+		return lastOK
 	}
 	l.log.Warn("fencing the server: it must drop every bucket", zap.String("reason", reason))
+	confirmed := true
 	if l.url != "" {
-		msg := contract.Notification{Protocol: contract.Protocol, NodeID: l.nodeID, Fence: true, Reason: reason}
+		msg := contract.Notification{Protocol: contract.Protocol, NodeID: l.nodeID, Seq: l.nextSeq(), Fence: true, Reason: reason}
 		if err := l.post(context.Background(), msg, 5*time.Second); err != nil {
 			l.log.Error("could not tell the server to fence; it fences at its deadline", zap.Error(err))
+			confirmed = false
 		}
 	}
 	if l.fenceCommand != "" {
@@ -359,10 +444,16 @@ func (l *serverLink) fence(reason string) {
 		cmd.Env = append(os.Environ(), "DTABLE_NODE_ID="+l.nodeID, "DTABLE_FENCE_REASON="+reason)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			l.log.Error("fence command failed", zap.String("command", l.fenceCommand), zap.Error(err), zap.ByteString("output", out))
+			confirmed = false
 		} else {
 			l.log.Info("fence command done", zap.String("command", l.fenceCommand))
+			confirmed = true // the command stops the server for good
 		}
 	}
+	l.mu.Lock()
+	l.lastFenceOK = confirmed
+	l.mu.Unlock()
+	return confirmed
 }
 
 func (l *serverLink) post(ctx context.Context, msg contract.Notification, timeout time.Duration) error {

@@ -46,6 +46,12 @@ const Protocol = 2
 type Notification struct {
 	Protocol int    `json:"protocol"`
 	NodeID   string `json:"node_id"`
+	// Seq grows with every message the registrar sends (it starts from
+	// the wall clock in nanoseconds, so a restarted registrar continues
+	// above its predecessor). A server ignores a state message or a
+	// heartbeat numbered below its last fence: one sent before the fence
+	// but delivered after it must not give buckets back.
+	Seq int64 `json:"seq"`
 	// Version is the assignment version this state is taken from;
 	// PreviousVersion the one the last accepted notification carried (0
 	// for the first after the registrar started).

@@ -84,6 +84,17 @@ type Server struct {
 	timer    *time.Timer
 	log      []Interval
 	notified int // notifications applied
+
+	// fenceSeq is the Seq of the last fence: older messages are ignored.
+	fenceSeq int64
+	// hasState: a state message was applied since start or the last
+	// fence; until then a heartbeat asks for one (409).
+	hasState bool
+	// wanted are the buckets the last state message said to hold, and
+	// canAcquire whether it allowed taking new ones: a bucket released
+	// while a later message wants it back (an aborted move) is taken again.
+	wanted     map[string]int64
+	canAcquire bool
 }
 
 // holding is one held bucket.
@@ -94,6 +105,8 @@ type holding struct {
 	inflight  int
 	logIndex  int // its "hold" entry in the log
 	sockets   map[*websocket.Conn]struct{}
+	done      chan struct{} // closed when the hold ends
+	how       string        // how it ended: released, fenced, dropped
 }
 
 // New returns a stand-in server.
@@ -283,11 +296,28 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if n.Fence {
-		s.fence("fenced by the registrar: " + n.Reason)
+		s.mu.Lock()
+		s.fenceSeq = max(s.fenceSeq, n.Seq)
+		s.fenceLocked("fenced by the registrar: " + n.Reason)
+		s.mu.Unlock()
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
+	s.mu.Lock()
+	stale := n.Seq != 0 && n.Seq < s.fenceSeq
+	noState := !s.hasState
+	s.mu.Unlock()
+	if stale {
+		http.Error(w, "stale message: sent before the last fence", http.StatusConflict)
+		return
+	}
 	if n.Heartbeat {
+		if noState {
+			// Started or fenced since the last state: renewing a deadline
+			// would not give the buckets back. Ask for the state.
+			http.Error(w, "no state since start or the last fence: send the state", http.StatusConflict)
+			return
+		}
 		s.mu.Lock()
 		if n.ServeForMS > 0 {
 			s.setDeadline(received.Add(time.Duration(n.ServeForMS) * time.Millisecond))
@@ -300,57 +330,91 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "this server does not release buckets", http.StatusServiceUnavailable)
 		return
 	}
-	var releasing []string
+	var start []*holding             // releases this message starts
+	waitFor := map[string]*holding{} // every bucket it names that is held: answer once all are gone
 	s.mu.Lock()
 	s.notified++
+	s.hasState = true
 	if n.ServeForMS > 0 {
 		s.setDeadline(received.Add(time.Duration(n.ServeForMS) * time.Millisecond))
 	}
+	canHold := n.Protocol < 2 || n.ServeForMS > 0
+	s.wanted, s.canAcquire = n.Epochs, canHold
 	for name, h := range s.held {
-		_, keep := n.Epochs[name]
+		epoch, keep := n.Epochs[name]
 		_, release := n.Release[name]
 		switch {
-		case release && !h.releasing:
-			h.releasing = true
-			releasing = append(releasing, name)
-		case !keep && !release && !h.releasing:
+		case release:
+			waitFor[name] = h
+			if !h.releasing {
+				h.releasing = true
+				start = append(start, h)
+			}
+		case !keep && !h.releasing:
 			// Gone without a release order: its owner changed while this
 			// server was not told to release (it was fenced or declared
 			// gone). Drop it at once, saving nothing to shared storage.
 			s.closeHold(name, h, "dropped")
+		case keep && !h.releasing && h.epoch != 0 && h.epoch != epoch:
+			// Another epoch: the bucket was on another server meanwhile,
+			// so what this server has in memory is stale. Drop, reload.
+			s.closeHold(name, h, "dropped")
 		}
 	}
-	canHold := n.Protocol < 2 || n.ServeForMS > 0
 	for name, epoch := range n.Epochs {
 		h, ok := s.held[name]
 		switch {
 		case ok && !h.releasing:
-			h.epoch = epoch
+			h.epoch = epoch // from 0 (no epoch known) to the first one
 		case !ok && canHold:
-			s.log = append(s.log, Interval{Server: s.cfg.Name, Kind: "hold", Bucket: name, Epoch: epoch, Start: time.Now()})
-			s.held[name] = &holding{epoch: epoch, logIndex: len(s.log) - 1}
+			s.acquire(name, epoch)
 		}
 	}
 	s.mu.Unlock()
 
-	var wg sync.WaitGroup
-	for _, name := range releasing {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.release(name)
-		}()
+	for _, h := range start {
+		go s.release(h)
 	}
-	wg.Wait()
+	var notSaved []string
+	for name, h := range waitFor {
+		select {
+		case <-h.done:
+		case <-r.Context().Done():
+			return // the registrar gave up; it sends the state again
+		}
+		s.mu.Lock()
+		how := h.how
+		s.mu.Unlock()
+		if how != "released" {
+			notSaved = append(notSaved, name+" ("+how+")")
+		}
+	}
+	if len(notSaved) > 0 {
+		http.Error(w, "not released, not saved: "+strings.Join(notSaved, ", "), http.StatusConflict)
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// acquire starts holding a bucket; s.mu is held.
+func (s *Server) acquire(name string, epoch int64) {
+	s.log = append(s.log, Interval{Server: s.cfg.Name, Kind: "hold", Bucket: name, Epoch: epoch, Start: time.Now()})
+	s.held[name] = &holding{epoch: epoch, logIndex: len(s.log) - 1, done: make(chan struct{})}
+}
+
 // release gives up one bucket: new requests are already refused; close its
-// sockets, wait for requests in flight, save if dirty, unload.
-func (s *Server) release(name string) {
+// sockets, wait for requests in flight, save if dirty, unload. If the
+// latest state wants the bucket back (its move was aborted meanwhile), it
+// is taken again.
+func (s *Server) release(h *holding) {
 	s.mu.Lock()
-	h := s.held[name]
-	if h == nil {
+	name := ""
+	for n, x := range s.held {
+		if x == h {
+			name = n
+		}
+	}
+	if name == "" {
 		s.mu.Unlock()
 		return
 	}
@@ -366,10 +430,14 @@ func (s *Server) release(name string) {
 		time.Sleep(s.cfg.SaveDelay)
 	}
 	s.mu.Lock()
-	if s.held[name] == h { // not fenced meanwhile
-		s.closeHold(name, h, "released")
+	defer s.mu.Unlock()
+	if s.held[name] != h {
+		return // fenced meanwhile: closed as "fenced", nothing saved
 	}
-	s.mu.Unlock()
+	s.closeHold(name, h, "released")
+	if epoch, ok := s.wanted[name]; ok && s.canAcquire {
+		s.acquire(name, epoch)
+	}
 }
 
 // closeHold ends a hold; s.mu is held.
@@ -379,6 +447,8 @@ func (s *Server) closeHold(name string, h *holding, how string) {
 	}
 	s.log[h.logIndex].End = time.Now()
 	s.log[h.logIndex].How = how
+	h.how = how
+	close(h.done)
 	delete(s.held, name)
 }
 
@@ -408,6 +478,7 @@ func (s *Server) fenceLocked(why string) {
 	for name, h := range s.held {
 		s.closeHold(name, h, "fenced")
 	}
+	s.hasState, s.wanted = false, nil
 	now := time.Now()
 	s.log = append(s.log, Interval{Server: s.cfg.Name, Kind: "fence", Start: now, End: now, How: why})
 }

@@ -3,6 +3,7 @@ package fakeserver
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -19,14 +20,23 @@ const uuid0c = "0c264e76-0e5a-4d1b-9c1e-3b0f7a1c2d3e"
 
 func notify(t *testing.T, url string, n contract.Notification) (int, time.Duration) {
 	t.Helper()
+	code, took, err := post(url, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code, took
+}
+
+// post sends a notification; safe to call from any goroutine.
+func post(url string, n contract.Notification) (int, time.Duration, error) {
 	body, _ := json.Marshal(n)
 	start := time.Now()
 	resp, err := http.Post(url+NotifyPath, "application/json", bytes.NewReader(body))
 	if err != nil {
-		t.Fatal(err)
+		return 0, 0, err
 	}
 	resp.Body.Close()
-	return resp.StatusCode, time.Since(start)
+	return resp.StatusCode, time.Since(start), nil
 }
 
 func request(t *testing.T, method, url string, epoch string) (int, string) {
@@ -172,6 +182,98 @@ func TestOverlaps(t *testing.T) {
 			if got := Overlaps(tc.a, tc.b); len(got) != tc.want {
 				t.Fatalf("Overlaps = %v, want %d", got, tc.want)
 			}
+		})
+	}
+}
+
+// The cases the safety review found: every one would let a base be on two
+// servers, lose unsaved changes, or leave a bucket unserved.
+func TestStrictServerEdgeCases(t *testing.T) {
+	hold := func(seq int64) contract.Notification {
+		return contract.Notification{Protocol: 2, NodeID: "n1", Seq: seq, Version: 3, Epochs: map[string]int64{"0c": 3}, ServeForMS: 60_000}
+	}
+	release := func(seq int64) contract.Notification {
+		n := hold(seq)
+		n.Epochs = map[string]int64{}
+		n.Release = map[string]contract.ReleaseOrder{"0c": {Epoch: 4, To: "n2"}}
+		return n
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T, s *Server, url string)
+	}{
+		{"a repeated release order answers only when the save is done", func(t *testing.T, s *Server, url string) {
+			notify(t, url, hold(1))
+			request(t, "POST", url, "3") // dirty: the release saves (300ms)
+			first := make(chan time.Duration, 1)
+			go func() { _, d, _ := post(url, release(2)); first <- d }()
+			time.Sleep(50 * time.Millisecond)
+			code, took := notify(t, url, release(3)) // a retry while the first still saves
+			if code != 204 || took < 200*time.Millisecond || len(s.Held()) != 0 {
+				t.Fatalf("retry answered %d after %v (the save takes 300ms), held %v", code, took, s.Held())
+			}
+			<-first
+		}},
+		{"a fence during a release answers 409: nothing was saved", func(t *testing.T, s *Server, url string) {
+			notify(t, url, hold(1))
+			request(t, "POST", url, "3")
+			got := make(chan int, 1)
+			go func() { code, _, _ := post(url, release(2)); got <- code }()
+			time.Sleep(50 * time.Millisecond)
+			notify(t, url, contract.Notification{Protocol: 2, NodeID: "n1", Seq: 3, Fence: true})
+			if code := <-got; code != 409 {
+				t.Fatalf("release answered %d after a fence", code)
+			}
+		}},
+		{"a message sent before a fence is ignored after it", func(t *testing.T, s *Server, url string) {
+			notify(t, url, contract.Notification{Protocol: 2, NodeID: "n1", Seq: 10, Fence: true})
+			if code, _ := notify(t, url, hold(9)); code != 409 || len(s.Held()) != 0 {
+				t.Fatalf("stale state: %d, held %v", code, s.Held())
+			}
+			if code, _ := notify(t, url, hold(11)); code != 204 || len(s.Held()) != 1 {
+				t.Fatalf("newer state: %d, held %v", code, s.Held())
+			}
+		}},
+		{"a heartbeat before any state asks for the state", func(t *testing.T, s *Server, url string) {
+			hb := contract.Notification{Protocol: 2, NodeID: "n1", Seq: 1, Heartbeat: true, ServeForMS: 60_000}
+			if code, _ := notify(t, url, hb); code != 409 {
+				t.Fatalf("heartbeat without state: %d", code)
+			}
+			notify(t, url, hold(2))
+			hb.Seq = 3
+			if code, _ := notify(t, url, hb); code != 204 {
+				t.Fatalf("heartbeat with state: %d", code)
+			}
+		}},
+		{"a move aborted during the save takes the bucket back after it", func(t *testing.T, s *Server, url string) {
+			notify(t, url, hold(1))
+			request(t, "POST", url, "3")
+			go post(url, release(2))
+			time.Sleep(50 * time.Millisecond)
+			notify(t, url, hold(3)) // aborted: hold it again
+			testutil.Eventually(t, 2*time.Second, "held again after the save", func() bool { return s.Held()["0c"] == 3 })
+		}},
+		{"another epoch drops the stale copy and loads it again", func(t *testing.T, s *Server, url string) {
+			notify(t, url, hold(1))
+			n := hold(2)
+			n.Epochs = map[string]int64{"0c": 7}
+			notify(t, url, n)
+			var hows []string
+			for _, iv := range s.Log() {
+				if iv.Kind == "hold" {
+					hows = append(hows, fmt.Sprintf("%d:%s", iv.Epoch, iv.How))
+				}
+			}
+			if s.Held()["0c"] != 7 || strings.Join(hows, ",") != "3:dropped,7:" {
+				t.Fatalf("held %v, holds %v", s.Held(), hows)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := New(Config{Name: "n1", Strict: true, SaveDelay: 300 * time.Millisecond})
+			srv := httptest.NewServer(s)
+			defer srv.Close()
+			tc.run(t, s, srv.URL)
 		})
 	}
 }

@@ -93,7 +93,13 @@ func (t *Tracker) Run(ctx context.Context) {
 // ask renews the deadline from one answer; true if the lease is gone.
 func (t *Tracker) ask(ctx context.Context) bool {
 	sent := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, t.interval)
+	// Never wait past the deadline for an answer: Run must see it expire
+	// in time (the margin covers this 100ms floor).
+	timeout := t.interval
+	if d, ok := t.Deadline(); ok {
+		timeout = min(timeout, max(time.Until(d), 100*time.Millisecond))
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	resp, err := t.cli.KeepAliveOnce(rctx, t.lease)
 	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
