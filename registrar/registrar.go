@@ -180,7 +180,15 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 					cur.NodeURL, cur.LocalNodeURL, r.node.NodeID)
 			case !present || corrupt:
 				r.log.Warn("registration deleted or overwritten in etcd; writing it again")
-				rev, err := r.put(ctx, sess.Lease())
+				// claim, not a plain put: another server may have
+				// registered this node_id in the meantime.
+				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				rev, err := r.claim(cctx, sess.Lease())
+				cancel()
+				if errors.Is(err, errConflict) {
+					r.link.detach("another server registered with this node_id")
+					return err
+				}
 				if err != nil {
 					r.log.Warn("re-writing the registration failed; registering again", zap.Error(err))
 					r.withdrawAfter(r.link.detach("registration could not be re-written"), sess)
