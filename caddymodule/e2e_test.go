@@ -41,10 +41,19 @@ var (
 type backend struct {
 	name string
 	srv  *httptest.Server
+	fake *fakeserver.Server
 }
 
-func newBackend(t *testing.T, name string) *backend {
-	b := &backend{name: name, srv: httptest.NewServer(fakeserver.Handler(name))}
+// newBackend starts a fake server: lenient (serves everything), or strict
+// (the server contract: serves only the buckets it was notified of, at
+// their epochs). wrap, if not nil, wraps its handler.
+func newBackend(t *testing.T, name string, strict bool, wrap func(string, http.Handler) http.Handler) *backend {
+	b := &backend{name: name, fake: fakeserver.New(fakeserver.Config{Name: name, Strict: strict, SaveDelay: 50 * time.Millisecond})}
+	var h http.Handler = b.fake
+	if wrap != nil {
+		h = wrap(name, h)
+	}
+	b.srv = httptest.NewServer(h)
 	t.Cleanup(b.srv.Close)
 	return b
 }
@@ -58,10 +67,13 @@ type env struct {
 	extra    extraConfig
 }
 
-// extraConfig is more Caddyfile for a test: global options, and lines in
-// the proxy site besides dtable_bucket_proxy.
+// extraConfig is more for a test: Caddyfile global options, lines in the
+// proxy site besides dtable_bucket_proxy and in its block, and strict
+// backends (optionally wrapped).
 type extraConfig struct {
-	global, proxySite string
+	global, proxySite, proxyBlock string
+	strict                        bool
+	wrap                          func(node string, h http.Handler) http.Handler
 }
 
 // setup starts etcd, three backends registered as n1..n3 (n3's
@@ -78,7 +90,7 @@ func setupWith(t *testing.T, extra extraConfig) *env {
 	e := &env{t: t, etcd: etcdtest.Start(t), backends: map[string]*backend{}, extra: extra}
 	e.cli = e.etcd.Client(t)
 	for _, n := range []string{"n1", "n2", "n3"} {
-		e.backends[n] = newBackend(t, n)
+		e.backends[n] = newBackend(t, n, extra.strict, extra.wrap)
 		local := e.backends[n].srv.URL + "/"
 		if n == "n3" {
 			local = e.backends[n].srv.URL + "/n3prefix/"
@@ -105,6 +117,7 @@ func (e *env) config() string {
 	dtable_bucket_proxy {
 		etcd %s
 		lb_try_duration 500ms
+%s
 	}
 %s
 }
@@ -114,7 +127,7 @@ func (e *env) config() string {
 		request_timeout 1500ms
 	}
 }
-`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, e.extra.proxySite, siteAdminPort, eps)
+`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, eps)
 }
 
 func (e *env) load() {
