@@ -229,32 +229,62 @@ func waitHeld(t *testing.T, n int) {
 func bucketURL(b bucket.Bucket) string { return proxyURL("/api/v1/dtables/" + uuidIn(b) + "/rows/") }
 
 // A request for a moving bucket waits for the commit and is then served by
-// the new owner at its new epoch; the servers never overlap.
+// the new owner at its new epoch; the servers never overlap. The new
+// owner's registrar may tell it before or after the proxy sees the commit:
+// after, the proxy's first try is answered 421 and sent again.
 func TestHeldRequestIsServedByTheNewOwnerAfterCommit(t *testing.T) {
 	h := setupHandoff(t, extraConfig{})
-	const b = bucket.Bucket(0x31) // n2
-	if a := do(t, "GET", bucketURL(b), nil); a.status != 200 || a.body["node"] != "n2" || a.body["epoch"] != "2" {
-		t.Fatalf("before the move: %d %s", a.status, a.raw)
+	tests := []struct {
+		name          string
+		b             bucket.Bucket // owner n(b%3+1) -> to
+		to            string
+		newOwnerFirst bool
+	}{
+		{"new owner told first", 0x31, "n3", true},
+		{"proxy sees the commit first", 0x32, "n1", false},
 	}
-	h.startMove(b, "n3")
-	pending := goDo("GET", bucketURL(b), nil)
-	waitHeld(t, 1)
-	notWithin(t, pending, 300*time.Millisecond, "request for the moving bucket")
-	// Another bucket of the same owner is not held.
-	if a := do(t, "GET", bucketURL(0x34), nil); a.status != 200 || a.body["node"] != "n2" {
-		t.Fatalf("bucket 34 while 31 moves: %d %s", a.status, a.raw)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			from := owner(tt.b)
+			if a := do(t, "GET", bucketURL(tt.b), nil); a.status != 200 || a.body["node"] != from || a.body["epoch"] != "2" {
+				t.Fatalf("before the move: %d %s", a.status, a.raw)
+			}
+			refused := metric(t, fmt.Sprintf(`caddy_dtable_not_owner_answers_total{node=%q}`, tt.to))
+			h.startMove(tt.b, tt.to)
+			pending := goDo("GET", bucketURL(tt.b), nil)
+			waitHeld(t, 1)
+			notWithin(t, pending, 300*time.Millisecond, "request for the moving bucket")
+			// Another bucket of the same owner is not held.
+			if a := do(t, "GET", bucketURL(tt.b+3), nil); a.status != 200 || a.body["node"] != from {
+				t.Fatalf("bucket %s while %s moves: %d %s", tt.b+3, tt.b, a.status, a.raw)
+			}
+			h.notify(from) // releases the bucket
+			a := h.next()
+			a.Owners[tt.b], a.Epochs[tt.b] = tt.to, a.Version
+			h.endMove(a, tt.b)
+			if tt.newOwnerFirst {
+				h.a = a
+				h.notify(tt.to)
+			}
+			committed := time.Now()
+			h.write(a)
+			if !tt.newOwnerFirst {
+				h.notify(tt.to)
+			}
+			r := await(t, pending, 5*time.Second, "held request after the commit")
+			t.Logf("held request answered %v after the commit was written", r.at.Sub(committed))
+			epoch := strconv.FormatInt(a.Version, 10)
+			if r.status != 200 || r.body["node"] != tt.to || r.body["epoch"] != epoch || r.body["version"] != epoch {
+				t.Fatalf("held request: %d %s; want %s at epoch and version %s", r.status, r.raw, tt.to, epoch)
+			}
+			retried := metric(t, fmt.Sprintf(`caddy_dtable_not_owner_answers_total{node=%q}`, tt.to)) - refused
+			if tt.newOwnerFirst && retried != 0 {
+				t.Errorf("%s answered 421 %v times; it knew the bucket before the commit", tt.to, retried)
+			}
+			t.Logf("%s answered 421 %v times", tt.to, retried)
+			waitHeld(t, 0)
+		})
 	}
-	h.notify("n2") // releases 31
-	committed := time.Now()
-	h.commit(b)
-	h.notify("n3") // takes 31 at the new epoch; the proxy may have asked it before: a 421, retried
-	r := await(t, pending, 5*time.Second, "held request after the commit")
-	t.Logf("held request answered %v after the commit was written", r.at.Sub(committed))
-	epoch := strconv.FormatInt(h.a.Version, 10)
-	if r.status != 200 || r.body["node"] != "n3" || r.body["epoch"] != epoch || r.body["version"] != epoch {
-		t.Fatalf("held request: %d %s; want n3 at epoch and version %s", r.status, r.raw, epoch)
-	}
-	waitHeld(t, 0)
 	h.noOverlaps()
 }
 
