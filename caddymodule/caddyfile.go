@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -28,6 +29,9 @@ func init() {
 //	    uuid_query <param...>
 //	    no_uuid any_node|reject
 //	    retry_after <duration>
+//	    handoff_wait <duration>
+//	    handoff_max_held_per_bucket <n>
+//	    handoff_max_held <n>
 //	    <any reverse_proxy subdirective, except to and dynamic>
 //	}
 //
@@ -97,6 +101,34 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 				return nil, d.Errf("retry_after: %v", err)
 			}
 			router.RetryAfter = caddy.Duration(dur)
+		case "handoff_wait":
+			if seen[name] {
+				return nil, d.Errf("%s already specified", name)
+			}
+			if len(args) != 1 {
+				return nil, d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(args[0])
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("handoff_wait: want a positive duration, got %q", args[0])
+			}
+			router.HandoffWait = caddy.Duration(dur)
+		case "handoff_max_held_per_bucket", "handoff_max_held":
+			if seen[name] {
+				return nil, d.Errf("%s already specified", name)
+			}
+			if len(args) != 1 {
+				return nil, d.ArgErr()
+			}
+			n, err := strconv.Atoi(args[0])
+			if err != nil || n < 1 {
+				return nil, d.Errf("%s: want a positive whole number, got %q", name, args[0])
+			}
+			if name == "handoff_max_held" {
+				router.MaxHeld = n
+			} else {
+				router.MaxHeldInBucket = n
+			}
 		case "to", "dynamic":
 			return nil, d.Errf("dtable_bucket_proxy chooses the upstream itself (the bucket's owner in etcd); remove %q", name)
 		default:

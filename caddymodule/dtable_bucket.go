@@ -1,26 +1,33 @@
 package caddymodule
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/contract"
 )
 
 // DtableBucket is the http.handlers.dtable_bucket handler. For each request it
 // finds the base UUID, looks up the bucket's owner in the etcd-watched
-// assignment, stamps the fencing headers and hands the request on; the
-// reverse_proxy after it (with the dtable_bucket upstream source) dials
-// that owner. A request it cannot route is a routing error: 400 for a
-// missing or malformed UUID, 503 with Retry-After when the bucket has no
-// registered owner (see fail for how it is answered).
+// assignment, stamps the fencing headers (bucket, its epoch, assignment
+// version) and hands the request on; the reverse_proxy after it (with the
+// dtable_bucket upstream source) dials that owner. A request for a
+// moving bucket is held until the move commits or aborts, and one that
+// the owner answers 421 (not my bucket) is sent again by the newest
+// assignment, both within HandoffWait (handoff.go). A request it cannot
+// route is a routing error: 400 for a missing or malformed UUID, 503 with
+// Retry-After when the bucket has no registered owner or its handoff
+// outlasts the wait (see fail for how it is answered).
 //
 // It sets these placeholders on every request it sees, for later handlers
 // (header_up), handle_errors and logs (log_append):
@@ -44,9 +51,22 @@ type DtableBucket struct {
 	NoUUID string `json:"no_uuid,omitempty"`
 	// RetryAfter is the Retry-After of 503 answers; default 5s.
 	RetryAfter caddy.Duration `json:"retry_after,omitempty"`
+	// HandoffWait is how long a request may wait for its bucket: held
+	// while the bucket moves, and sent again after its owner answered 421
+	// (not my bucket); then it is answered 503. Default 5s.
+	HandoffWait caddy.Duration `json:"handoff_wait,omitempty"`
+	// MaxHeldInBucket bounds the requests of one bucket that wait at once
+	// (default 1000), MaxHeld those of all buckets (default 10000); the
+	// next one is answered 503 at once (reason hold_overflow).
+	MaxHeldInBucket int `json:"handoff_max_held_per_bucket,omitempty"`
+	MaxHeld         int `json:"handoff_max_held,omitempty"`
 
-	finder     uuidFinder
-	retryAfter string
+	finder      uuidFinder
+	retryAfter  string
+	handoffWait time.Duration
+	// Requests waiting now, per bucket and in all (see takeHoldSlot).
+	heldInBucket [bucket.Count]atomic.Int64
+	heldTotal    atomic.Int64
 	followerRef
 	log *zap.Logger
 }
@@ -83,6 +103,16 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 		h.RetryAfter = caddy.Duration(5 * time.Second)
 	}
 	h.retryAfter = strconv.Itoa(max(1, int(time.Duration(h.RetryAfter).Round(time.Second)/time.Second)))
+	if h.HandoffWait == 0 {
+		h.HandoffWait = caddy.Duration(defaultHandoffWait)
+	}
+	h.handoffWait = time.Duration(h.HandoffWait)
+	if h.MaxHeldInBucket == 0 {
+		h.MaxHeldInBucket = defaultMaxHeldInBucket
+	}
+	if h.MaxHeld == 0 {
+		h.MaxHeld = defaultMaxHeld
+	}
 	return h.join(ctx, h.EtcdConfig)
 }
 
@@ -90,6 +120,12 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 func (h *DtableBucket) Validate() error {
 	if h.NoUUID != "any_node" && h.NoUUID != "reject" {
 		return fmt.Errorf(`no_uuid: %q, want "any_node" or "reject"`, h.NoUUID)
+	}
+	if h.HandoffWait < 0 {
+		return fmt.Errorf("handoff_wait: %v, want a positive duration", time.Duration(h.HandoffWait))
+	}
+	if h.MaxHeldInBucket < 0 || h.MaxHeld < 0 {
+		return fmt.Errorf("handoff_max_held_per_bucket %d, handoff_max_held %d: want positive numbers", h.MaxHeldInBucket, h.MaxHeld)
 	}
 	return nil
 }
@@ -101,10 +137,13 @@ func (h *DtableBucket) Cleanup() error { return h.release() }
 // from the DtableBucket handler to the upstream source.
 const routeVar = "dtable_bucket.route"
 
-// Header names of the fencing headers sent upstream (client values are replaced).
+// Header names of the fencing headers sent upstream (client values are
+// replaced), as the server contract names them. They are in canonical
+// form, so the request path sets them without canonicalizing.
 const (
-	HeaderBucket  = "X-Dtable-Bucket"
-	HeaderVersion = "X-Dtable-Assignment-Version"
+	HeaderBucket      = contract.HeaderBucket
+	HeaderBucketEpoch = contract.HeaderBucketEpoch
+	HeaderVersion     = contract.HeaderVersion
 )
 
 // Placeholders set by DtableBucket (documented on the type).
@@ -119,56 +158,28 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 	if uerr != nil {
 		return h.fail(w, r, &routingError{status: http.StatusBadRequest, reason: uerr.reason(), msg: uerr.Error()})
 	}
-	var bucketName string // "" when the request names no base
 	if found {
-		bucketName = b.String()
+		return h.serveBucket(w, r, b, next)
 	}
-	var (
-		t       *routeTable
-		rt      *route
-		closeWS = func() {}
-	)
-	upgrade := isUpgrade(r)
-	switch {
-	case found && upgrade:
-		ctx, cancel := context.WithCancel(r.Context())
-		defer cancel()
-		r = r.WithContext(ctx)
-		t, rt, closeWS = h.follower.openStream(b, cancel)
-		defer closeWS()
-	case found:
-		t = h.follower.table.Load()
-		rt = &t.routes[b]
-	case h.NoUUID == "reject":
+	if h.NoUUID == "reject" {
 		return h.fail(w, r, &routingError{status: http.StatusBadRequest, reason: reasonMissingUUID,
 			msg: "the request names no base: expected a base UUID in the path (after " + strings.Join(h.finder.pathPrefixes, ", ") +
 				") or in the query (" + strings.Join(h.finder.queryParams, ", ") + ")"})
-	default:
-		t = h.follower.table.Load()
-		if len(t.anyNode) == 0 {
-			return h.fail(w, r, &routingError{status: http.StatusServiceUnavailable, reason: reasonNoNode,
-				msg: "no registered node owns buckets in the current assignment"})
-		}
-		rt = t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
 	}
-	if !rt.ok {
-		return h.fail(w, r, &routingError{status: http.StatusServiceUnavailable, bucket: bucketName, node: rt.nodeID,
-			reason: rt.reason, msg: rt.describe(t.version)})
+	// No base: any node that owns buckets answers it (no hold, no epoch:
+	// it concerns no bucket).
+	t := h.follower.table.Load()
+	if len(t.anyNode) == 0 {
+		return h.fail(w, r, &routingError{status: http.StatusServiceUnavailable, reason: reasonNoNode,
+			msg: "no registered node owns buckets in the current assignment"})
 	}
-	setPlaceholders(r, bucketName, rt.nodeID, "")
+	rt := t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
+	setPlaceholders(r, "", rt.nodeID, "")
 	rt.requests.Inc()
-	if found {
-		r.Header.Set(HeaderBucket, bucketName)
-	} else {
-		r.Header.Del(HeaderBucket)
-	}
-	r.Header.Set(HeaderVersion, t.versionStr)
-	if rt.pathPrefix != "" {
-		r.URL.Path = rt.pathPrefix + r.URL.Path
-		if r.URL.RawPath != "" {
-			r.URL.RawPath = rt.pathPrefix + r.URL.RawPath
-		}
-	}
+	delete(r.Header, HeaderBucket)
+	delete(r.Header, HeaderBucketEpoch)
+	r.Header[HeaderVersion] = []string{t.versionStr}
+	applyPathPrefix(r, rt.pathPrefix)
 	caddyhttp.SetVar(r.Context(), routeVar, rt)
 	return next.ServeHTTP(w, r)
 }

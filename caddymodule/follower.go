@@ -118,7 +118,7 @@ func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, er
 			ProgressInterval: watchProgressInterval}),
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
-	fw.table.Store(buildTable(fw, nil))
+	fw.table.Store(buildTable(fw, nil, nil))
 	fw.watcher.Start()
 	go fw.follow()
 	log.Info("following the cluster in etcd", zap.Strings("etcd", opts.Endpoints))
@@ -148,7 +148,7 @@ func (fw *follower) follow() {
 		case <-fw.stop:
 			return
 		case snap := <-sub.C:
-			fw.install(buildTable(fw, snap))
+			fw.install(buildTable(fw, snap, fw.table.Load()))
 		case <-ticker.C:
 			if st := fw.watcher.Status(); !st.Connected {
 				t := fw.table.Load()
@@ -160,19 +160,29 @@ func (fw *follower) follow() {
 	}
 }
 
-// install publishes a new table and closes the streams of every bucket
-// whose owner changed, so their clients reconnect to the new owner.
+// install publishes a new table (built on the current one: only this
+// goroutine installs), then, for every bucket whose route changed, wakes
+// the requests waiting for it (by closing its changed channel) and closes
+// its streams that the new route does not allow: every stream of a bucket
+// whose move starts (the old owner is about to release it and closes its
+// own socket.io clients), and every stream to a node that no longer owns
+// the bucket. Other streams stay open, also when only the bucket's epoch
+// changed (an assignment that gains epochs; the owner keeps serving).
 func (fw *follower) install(next *routeTable) {
 	fw.streamsMu.Lock()
 	prev := fw.table.Swap(next)
-	changed, closed := 0, 0
+	var changed, closed int
+	var outcomes handoffOutcomes
 	for b := range bucket.Count {
-		if prev.routes[b].sameTarget(&next.routes[b]) {
+		p, n := &prev.routes[b], &next.routes[b]
+		if p.changed == n.changed {
 			continue
 		}
+		close(p.changed)
 		changed++
+		outcomes.add(p, n)
 		for s := range fw.streams[b] {
-			if !s.route.sameTarget(&next.routes[b]) {
+			if n.moving || !s.route.sameTarget(n) {
 				s.cancel()
 				delete(fw.streams[b], s)
 				closed++
@@ -181,9 +191,49 @@ func (fw *follower) install(next *routeTable) {
 	}
 	fw.streamsMu.Unlock()
 	streamsClosedTotal.Add(float64(closed))
+	outcomes.record()
 	if prev.version != next.version || changed > 0 {
 		fw.log.Info("routing table updated", zap.Int64("version", next.version), zap.Int64("previous_version", prev.version),
-			zap.Int("buckets_changed", changed), zap.Int("streams_closed", closed), zap.Int("nodes", len(next.anyNode)))
+			zap.Int("buckets_changed", changed), zap.Int("streams_closed", closed), zap.Int("nodes", len(next.anyNode)),
+			zap.Int("moves_started", outcomes.started), zap.Int("handoffs_committed", outcomes.committed),
+			zap.Int("handoffs_aborted", outcomes.aborted), zap.Int("handoffs_forced", outcomes.forced))
+	}
+}
+
+// handoffOutcomes counts what one table change did to the buckets'
+// handoffs, as this proxy sees them (it may miss a state that lasted
+// shorter than a watch round trip: a move it never saw start counts as
+// forced).
+type handoffOutcomes struct {
+	started, committed, aborted, forced int
+	durations                           []time.Duration // of the committed ones, from MoveState.Since
+}
+
+// add classifies the change of one bucket's route from p to n.
+func (o *handoffOutcomes) add(p, n *route) {
+	if n.moving && (!p.moving || p.nodeID != n.nodeID) {
+		o.started++
+	}
+	switch {
+	case p.nodeID == "" || n.nodeID == "":
+		// no assignment yet, or a bucket (un)assigned: not a handoff
+	case p.moving && p.nodeID != n.nodeID:
+		o.committed++
+		o.durations = append(o.durations, max(0, time.Since(p.moveSince)))
+	case p.moving && !n.moving:
+		o.aborted++
+	case !p.moving && p.nodeID != n.nodeID:
+		o.forced++
+	}
+}
+
+// record adds the outcomes to the metrics.
+func (o *handoffOutcomes) record() {
+	handoffsTotal.WithLabelValues("committed").Add(float64(o.committed))
+	handoffsTotal.WithLabelValues("aborted").Add(float64(o.aborted))
+	handoffsTotal.WithLabelValues("forced").Add(float64(o.forced))
+	for _, d := range o.durations {
+		handoffSeconds.Observe(d.Seconds())
 	}
 }
 
@@ -194,15 +244,17 @@ func (fw *follower) lookup(b bucket.Bucket) (*routeTable, *route) {
 	return t, &t.routes[b]
 }
 
-// openStream picks bucket b's route for an upgraded connection and
-// registers cancel to be called when b's owner changes. The returned
-// function unregisters it.
+// openStream picks bucket b's route for an upgraded connection and, if
+// the route is routable and its bucket is not moving, registers cancel to
+// be called when the bucket starts moving or changes owner (install). The
+// returned function unregisters it. A moving bucket's stream is not registered: its
+// request is held first (DtableBucket.serveBucket) and opens again.
 func (fw *follower) openStream(b bucket.Bucket, cancel context.CancelFunc) (*routeTable, *route, func()) {
 	fw.streamsMu.Lock()
 	defer fw.streamsMu.Unlock()
 	t := fw.table.Load()
 	rt := &t.routes[b]
-	if !rt.ok {
+	if !rt.ok || rt.moving {
 		return t, rt, func() {}
 	}
 	s := &stream{route: rt, cancel: cancel}

@@ -30,6 +30,23 @@ type route struct {
 	pathPrefix string // local_node_url's path without the trailing "/"; "" for "/"
 	requests   prometheus.Counter
 	follower   *follower // whose table this route is in
+
+	// epoch is the bucket's epoch (Assignment.Epochs), the fencing token
+	// a server compares with X-Dtable-Bucket-Epoch; epochStr is the same,
+	// formatted once per table so the request path does not format it.
+	epoch    int64
+	epochStr string
+	// moving: the bucket is handing off from nodeID to moveTo (since
+	// moveSince, the monitor's clock). Its requests are held until the
+	// move commits or aborts, and its streams were closed when it started.
+	moving    bool
+	moveTo    string
+	moveSince time.Time
+	// changed is closed when a newer table changes this bucket's route
+	// (see sameState); requests waiting for the bucket select on it. Tables
+	// that leave the route as it was share the channel, so a table change
+	// wakes only the waiters of the buckets it changes.
+	changed chan struct{}
 }
 
 // routeTable is the routing state built from one cluster snapshot.
@@ -55,26 +72,43 @@ const (
 	reasonMalformedUUID = "malformed_uuid"
 	reasonNoNode        = "no_node"
 	reasonMoved         = "moved_during_request"
+	// A request for a moving bucket was held and the move neither
+	// committed nor aborted within handoff_wait.
+	reasonHandoff = "handoff_in_progress"
+	// Too many requests were held already (handoff_max_held_per_bucket,
+	// handoff_max_held).
+	reasonHoldOverflow = "hold_overflow"
+	// The client went away while its request was held.
+	reasonHoldCancelled = "hold_cancelled"
+	// The owner answered 421 (not my bucket) until handoff_wait passed, or
+	// the request's body was too large to send again.
+	reasonNotOwner = "not_owner"
 )
 
-// buildTable turns a snapshot of fw's cluster into routes.
-func buildTable(fw *follower, snap *watch.Snapshot) *routeTable {
+// buildTable turns a snapshot of fw's cluster into routes. prev is the
+// table it will replace (nil for the first): a route that stays as it was
+// keeps prev's changed channel, every other route gets a new one, and
+// install closes the replaced channels once the new table is published.
+func buildTable(fw *follower, snap *watch.Snapshot, prev *routeTable) *routeTable {
 	t := &routeTable{builtAt: time.Now(), snap: snap}
 	if snap == nil || snap.Assignment == nil {
 		for b := range t.routes {
 			t.routes[b] = route{bucket: bucket.Bucket(b), reason: reasonNoAssignment, follower: fw}
 		}
+		t.carryChannels(prev)
 		return t
 	}
-	t.version = snap.Assignment.Version
+	a := snap.Assignment
+	t.version = a.Version
 	t.versionStr = strconv.FormatInt(t.version, 10)
 	endpoints := map[string]route{}
 	for id, n := range snap.Nodes {
 		endpoints[id] = nodeRoute(n)
 	}
-	first := map[string]*route{} // each routable owner's first bucket
+	epochStrs := map[int64]string{} // buckets share epochs; format each once
+	first := map[string]*route{}    // each routable owner's first bucket
 	for b := range t.routes {
-		id := snap.Assignment.Owners[b]
+		id := a.Owners[b]
 		r := route{nodeID: id}
 		switch ep, registered := endpoints[id]; {
 		case id == "":
@@ -85,6 +119,17 @@ func buildTable(fw *follower, snap *watch.Snapshot) *routeTable {
 			r = ep
 		}
 		r.bucket, r.follower = bucket.Bucket(b), fw
+		if e := a.Epochs[b]; e > 0 {
+			s, ok := epochStrs[e]
+			if !ok {
+				s = strconv.FormatInt(e, 10)
+				epochStrs[e] = s
+			}
+			r.epoch, r.epochStr = e, s
+		}
+		if m, moving := a.Moving[bucket.Bucket(b)]; moving {
+			r.moving, r.moveTo, r.moveSince = true, m.To, m.Since
+		}
 		t.routes[b] = r
 		if _, seen := first[id]; r.ok && !seen {
 			first[id] = &t.routes[b]
@@ -93,7 +138,21 @@ func buildTable(fw *follower, snap *watch.Snapshot) *routeTable {
 	for _, id := range slices.Sorted(maps.Keys(first)) {
 		t.anyNode = append(t.anyNode, first[id])
 	}
+	t.carryChannels(prev)
 	return t
+}
+
+// carryChannels gives each route prev's changed channel if the route is
+// the same in both tables, else a new channel.
+func (t *routeTable) carryChannels(prev *routeTable) {
+	for b := range t.routes {
+		r := &t.routes[b]
+		if prev != nil && prev.routes[b].changed != nil && prev.routes[b].sameState(r) {
+			r.changed = prev.routes[b].changed
+		} else {
+			r.changed = make(chan struct{})
+		}
+	}
 }
 
 // nodeRoute splits a node's local_node_url into what the proxy needs.
@@ -118,6 +177,13 @@ func nodeRoute(n schema.Node) route {
 // sameTarget reports whether two routes send to the same place.
 func (r *route) sameTarget(o *route) bool {
 	return r.ok == o.ok && r.nodeID == o.nodeID && r.dial == o.dial && r.pathPrefix == o.pathPrefix && r.scheme == o.scheme
+}
+
+// sameState reports whether two routes of one bucket would treat a
+// request alike: same target, epoch and handoff state (a re-targeted move,
+// From -> To changing only To, counts as the same: its requests stay held).
+func (r *route) sameState(o *route) bool {
+	return r.sameTarget(o) && r.reason == o.reason && r.epoch == o.epoch && r.moving == o.moving
 }
 
 // describe is the 503 body for an unroutable bucket.

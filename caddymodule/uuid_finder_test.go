@@ -72,7 +72,7 @@ func testFollower() *follower {
 	for b := range snap.Assignment.Owners {
 		snap.Assignment.Owners[b] = "n1"
 	}
-	fw.table.Store(buildTable(fw, snap))
+	fw.table.Store(buildTable(fw, snap, nil))
 	return fw
 }
 
