@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dtablecluster/dtable-router/internal/fakeserver"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/testutil"
@@ -202,6 +205,62 @@ func TestLeaderKilledMidRebalance(t *testing.T) {
 }
 
 func updatedBy(a *schema.Assignment) string { return strings.Trim(string(a.Extra["updated_by"]), `"`) }
+
+// handoff scenarios under load: a rebalance, a drain and a clean stop.
+// Requests go on over all 256 buckets the whole time; none may fail.
+func TestHandoffsUnderLoad(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		do   func(t *testing.T, c *cluster)
+	}{
+		{"rebalance", func(t *testing.T, c *cluster) {
+			// s4 joins empty; a rebalance gives it its share.
+			s := &server{name: "s4", fake: fakeserver.New(fakeserver.Config{Name: "s4", Strict: true, SaveDelay: 200 * time.Millisecond})}
+			s.http = httptest.NewServer(s.fake)
+			t.Cleanup(s.http.Close)
+			s.relay = newRelay(t, strings.TrimPrefix(c.etcd.Endpoints()[0], "http://"))
+			c.servers["s4"] = s
+			c.startRegistrar(s)
+			testutil.Eventually(t, 10*time.Second, "s4 registered", func() bool {
+				r, err := c.cli.Get(context.Background(), layout.NodeKey("s4"))
+				return err == nil && len(r.Kvs) == 1
+			})
+			c.operate(t, monitorapi.Request{Op: monitorapi.OpRebalance})
+			c.waitAssignment("rebalanced", 60*time.Second, func(a *schema.Assignment) bool { return settled(a) && len(a.Owned("s4")) == 64 })
+		}},
+		{"drain", func(t *testing.T, c *cluster) {
+			c.operate(t, monitorapi.Request{Op: monitorapi.OpDrain, Node: "s1"})
+			c.waitAssignment("drained", 60*time.Second, func(a *schema.Assignment) bool { return settled(a) && len(a.Owned("s1")) == 0 })
+		}},
+		{"clean stop", func(t *testing.T, c *cluster) {
+			s := c.servers["s2"]
+			s.reg.signal(syscall.SIGTERM)
+			s.reg.wait(t, 40*time.Second)
+			a := c.assignment()
+			if len(a.Owned("s2")) != 0 {
+				t.Fatalf("s2 stopped still owning %d buckets", len(a.Owned("s2")))
+			}
+			r, err := c.cli.Get(context.Background(), layout.NodeKey("s2"))
+			if err != nil || len(r.Kvs) != 0 {
+				t.Fatalf("s2's key is still there after its clean stop")
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, options{servers: 3, monitors: 1, save: 200 * time.Millisecond})
+			l, stop := startLoad(t, 8, 200000)
+			time.Sleep(500 * time.Millisecond) // load running before the change
+			start := time.Now()
+			tc.do(t, c)
+			t.Logf("%s done in %v", tc.name, time.Since(start).Round(time.Millisecond))
+			time.Sleep(500 * time.Millisecond) // and after it
+			stop()
+			l.report(t)
+			c.reportHandoffs(t)
+			c.checkNoOverlap()
+		})
+	}
+}
 
 func (c *cluster) operate(t *testing.T, req monitorapi.Request) *monitorapi.Response {
 	t.Helper()
