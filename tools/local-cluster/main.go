@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -101,7 +102,9 @@ func (lc *localCluster) start(ctx context.Context, etcdPort int, caddyBin, caddy
 		if err != nil {
 			return err
 		}
-		srv := &http.Server{Handler: fakeserver.Handler(name)}
+		// Strict stand-ins: they follow the server contract (hold,
+		// release with a save, fence) like a real dtable-server must.
+		srv := &http.Server{Handler: fakeserver.New(fakeserver.Config{Name: name, Strict: true, SaveDelay: 100 * time.Millisecond})}
 		go srv.Serve(l)
 		lc.servers = append(lc.servers, srv)
 		local := "http://" + l.Addr().String() + "/"
@@ -173,7 +176,8 @@ func (lc *localCluster) startRegistrar(name, local string) error {
 	}
 	lc.local[name] = local
 	return lc.run(name, lc.bins["registrar"], "-etcd", lc.endpoint, "-node-id", name,
-		"-node-url", "https://"+name+".example.com/", "-local-node-url", local, "-ttl", "10s")
+		"-node-url", "https://"+name+".example.com/", "-local-node-url", local, "-ttl", "10s",
+		"-notify-url", strings.TrimSuffix(local, "/")+fakeserver.NotifyPath)
 }
 
 // run starts a program whose output goes to a log file in lc.dir.
