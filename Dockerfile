@@ -1,5 +1,7 @@
-# One image with the three programs: caddy (with the dtable modules),
-# monitor and registrar. docker-compose.yml runs the proxy node from it.
+# One image with the four programs: caddy (with the dtable modules, built by
+# xcaddy.sh), monitor, registrar and stand-in-server (a stand-in
+# dtable-server for the example cluster). docker-compose.yml runs the example
+# cluster from it, docker-compose.proxy-node.yml the proxy node alone.
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -8,6 +10,7 @@ COPY . .
 RUN ./xcaddy.sh \
  && CGO_ENABLED=0 go build -o /out/monitor ./monitor \
  && CGO_ENABLED=0 go build -o /out/registrar ./registrar \
+ && CGO_ENABLED=0 go build -o /out/stand-in-server ./tools/stand-in-server \
  && cp ./caddy /out/caddy
 
 FROM debian:bookworm-slim
