@@ -39,6 +39,9 @@ type monitor struct {
 	firstNodesSeen time.Time
 	noNodesLogged  bool
 	cooldown       map[bucket.Bucket]time.Time // bucket -> no new handoff before
+	// testHookRequestWatch, if set, stands in for the requests watch
+	// whenever it is (re-)created.
+	testHookRequestWatch func(context.Context) <-chan clientv3.WatchResponse
 }
 
 // run campaigns and leads until ctx ends, starting over after losing a

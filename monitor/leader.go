@@ -36,6 +36,11 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 	sub := m.watcher.Subscribe()
 	defer sub.Close()
 	requests := m.watchRequests(ctx)
+	// A requests watch that closes (etcd has no leader, the connection
+	// broke) is re-created after a back-off, not at once: the ticker
+	// covers the gap.
+	var rewatch <-chan time.Time
+	rewatchIn := minRewatch
 	ticker := time.NewTicker(m.interval)
 	defer ticker.Stop()
 	// wake runs a round when nothing else would: the settle wait before a
@@ -69,10 +74,16 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 			if err = step(m.watcher.Snapshot()); err == nil {
 				err = m.processRequests(ctx, l)
 			}
-		case _, ok := <-requests:
+		case wr, ok := <-requests:
 			if !ok {
-				requests = m.watchRequests(ctx) // the ticker covers the gap
+				requests, rewatch = nil, time.After(rewatchIn)
+				rewatchIn = min(2*rewatchIn, maxRewatch)
+			} else if wr.Err() == nil {
+				rewatchIn = minRewatch
 			}
+			err = m.processRequests(ctx, l)
+		case <-rewatch:
+			rewatch, requests = nil, m.watchRequests(ctx)
 			err = m.processRequests(ctx, l)
 		}
 		if errors.Is(err, errNotLeader) {
@@ -84,11 +95,21 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 	}
 }
 
+// The back-off of re-creating a requests watch that closed.
+const (
+	minRewatch = 200 * time.Millisecond
+	maxRewatch = 5 * time.Second
+)
+
 // watchRequests notifies of new requests; requests are read by a list, so
-// the watch is only a trigger and may be lost without harm.
+// the watch is only a trigger and may be lost without harm. It says when
+// it is up (created notify), which resets the back-off.
 func (m *monitor) watchRequests(ctx context.Context) <-chan clientv3.WatchResponse {
+	if m.testHookRequestWatch != nil {
+		return m.testHookRequestWatch(ctx)
+	}
 	return m.cli.Watch(clientv3.WithRequireLeader(ctx), m.layout.RequestsPrefix(),
-		clientv3.WithPrefix(), clientv3.WithFilterDelete())
+		clientv3.WithPrefix(), clientv3.WithFilterDelete(), clientv3.WithCreatedNotify())
 }
 
 // current returns the assignment to plan from. If the value in etcd is
