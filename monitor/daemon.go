@@ -35,10 +35,17 @@ type monitor struct {
 	limits      handoff.Limits
 	cooldownFor time.Duration
 
+	// leases remembers each node's last lease, from every snapshot; run
+	// starts it (nil: no lease known, every vanished node counts as gone).
+	leases *leaseBook
+
 	// state kept across leaderships, touched only by the run goroutine
 	firstNodesSeen time.Time
 	noNodesLogged  bool
 	cooldown       map[bucket.Bucket]time.Time // bucket -> no new handoff before
+	// held are the unregistered nodes whose buckets stay (their lease
+	// lives), with that lease, so that each hold is logged once.
+	held map[string]clientv3.LeaseID
 	// testHookRequestWatch, if set, stands in for the requests watch
 	// whenever it is (re-)created.
 	testHookRequestWatch func(context.Context) <-chan clientv3.WatchResponse
@@ -52,6 +59,12 @@ func (m *monitor) run(ctx context.Context) error {
 	}
 	if m.cooldown == nil {
 		m.cooldown = map[bucket.Bucket]time.Time{}
+	}
+	if m.leases == nil {
+		m.leases = newLeaseBook()
+		fctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go m.leases.follow(fctx, m.watcher)
 	}
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {

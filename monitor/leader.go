@@ -174,28 +174,31 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 			return wait, nil
 		}
 	}
-	d, err := m.decide(snap, cur, snap.Settings, snap.Settings.AutoRebalance, repair)
+	d, err := m.decide(ctx, snap, cur, snap.Settings, snap.Settings.AutoRebalance, repair)
 	if errors.Is(err, planner.ErrNoEligibleNode) {
-		m.log.Error("every live node is drained or leaving: the assignment is left as it is", zap.Strings("live", live))
-		return 0, nil
-	}
-	if err != nil {
+		// Nothing new starts, but the moves in progress still commit or
+		// abort (d advances them).
+		m.log.Error("every live node is drained or leaving: no bucket is given a new owner", zap.Strings("live", live))
+		if d == nil {
+			return 0, nil
+		}
+	} else if err != nil {
 		return 0, err
 	}
 	if d.next == nil {
 		if len(d.deleteReleased) > 0 { // stale acknowledgements only
-			_, err = m.write(ctx, l, snap, nil, nil, d.deleteReleased)
+			_, err = m.write(ctx, l, snap, nil, nil, d.deleteReleased, d.guards...)
 		}
-		return m.nextWake(cur), err
+		return m.nextWake(cur, d.wake), err
 	}
-	rev, err := m.write(ctx, l, snap, d.next, nil, d.deleteReleased)
+	rev, err := m.write(ctx, l, snap, d.next, nil, d.deleteReleased, d.guards...)
 	if err != nil {
 		return 0, err
 	}
 	m.afterWrite(d)
 	m.logChange("assignment updated", cur, d.next, d.plan, rev, repair)
 	m.logStep(d)
-	return m.nextWake(d.next), nil
+	return m.nextWake(d.next, d.wake), nil
 }
 
 func (m *monitor) logChange(msg string, cur, next *schema.Assignment, plan *planner.Plan, rev int64, repair bool) {
@@ -224,11 +227,14 @@ func orNone(s string) string {
 
 // write commits changes in one transaction that succeeds only while this
 // monitor leads (its election key has the create revision it won with)
-// and, unless snap is nil, the assignment and settings are as in snap.
-// A nil snap may only go with no assignment or settings change.
+// and, unless snap is nil, the assignment and settings are as in snap,
+// and every guard holds (a decision's guards: the nodes it treats as gone
+// are unregistered, the release keys it deletes are as it saw them). A
+// nil snap may only go with no assignment or settings change.
 func (m *monitor) write(ctx context.Context, l *leadership, snap *watch.Snapshot,
-	next *schema.Assignment, settings *schema.Settings, extra []clientv3.Op) (int64, error) {
+	next *schema.Assignment, settings *schema.Settings, extra []clientv3.Op, guards ...clientv3.Cmp) (int64, error) {
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)}
+	cmps = append(cmps, guards...)
 	if snap != nil {
 		cmps = append(cmps,
 			clientv3.Compare(clientv3.ModRevision(m.layout.AssignmentKey()), "=", snap.AssignmentModRevision),
@@ -287,12 +293,12 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 	id := strings.TrimPrefix(key, m.layout.RequestsPrefix())
 	var req monitorapi.Request
 	if err := json.Unmarshal(kv.Value, &req); err != nil {
-		return m.respond(ctx, l, key, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil)
+		return m.respond(ctx, l, key, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil, nil, nil)
 	}
 	resp := &monitorapi.Response{Op: req.Op, DryRun: req.DryRun}
 	if err := req.Validate(); err != nil {
 		resp.Error = err.Error()
-		return m.respond(ctx, l, key, id, nil, resp, nil, nil)
+		return m.respond(ctx, l, key, id, nil, resp, nil, nil, nil, nil)
 	}
 	log := m.log.With(zap.String("request", id), zap.String("op", req.Op), zap.String("from", req.From), zap.Bool("dry_run", req.DryRun))
 	for attempt := 0; ; attempt++ {
@@ -314,11 +320,14 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		if (req.Op == monitorapi.OpDrain || req.Op == monitorapi.OpPin) && !slices.Contains(live, req.Node) {
 			resp.Warnings = append(resp.Warnings, fmt.Sprintf("node %s is not registered now", req.Node))
 		}
-		d, err := m.decide(snap, cur, settings, req.Op == monitorapi.OpRebalance || settings.AutoRebalance, repair)
-		if err != nil {
+		d, err := m.decide(ctx, snap, cur, settings, req.Op == monitorapi.OpRebalance || settings.AutoRebalance, repair)
+		if errors.Is(err, planner.ErrNoEligibleNode) {
 			resp.Error = fmt.Sprintf("%v: the assignment is left as it is", err)
 			log.Warn("request refused", zap.String("error", resp.Error))
-			return m.respond(ctx, l, key, id, nil, resp, nil, nil)
+			return m.respond(ctx, l, key, id, nil, resp, nil, nil, nil, nil)
+		}
+		if err != nil {
+			return err // etcd trouble: the request stays, and is tried again
 		}
 		plan := d.plan
 		describe(resp, plan)
@@ -335,10 +344,11 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		}
 		resp.OK = true
 		var consume []clientv3.Op
+		var guards []clientv3.Cmp
 		if !req.DryRun {
-			consume = d.deleteReleased
+			consume, guards = d.deleteReleased, d.guards
 		}
-		err = m.respond(ctx, l, key, id, snap, resp, next, newSettings, consume...)
+		err = m.respond(ctx, l, key, id, snap, resp, next, newSettings, consume, guards)
 		if errors.Is(err, errStale) && attempt < 5 {
 			continue // plan again on the newer state
 		}
@@ -403,11 +413,12 @@ func movesPerNode(moves []schema.Move) map[string]monitorapi.NodeMoves {
 }
 
 // respond writes the response (under a one-minute lease) and deletes the
-// request, together with any assignment and settings change, in one
-// fenced transaction. With snap nil (an answer that changes nothing and
-// was not planned, e.g. a refusal) only leadership is checked.
+// request, together with any assignment and settings change and more ops,
+// in one fenced transaction (with the decision's guards). With snap nil
+// (an answer that changes nothing and was not planned, e.g. a refusal)
+// only leadership is checked.
 func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string, snap *watch.Snapshot,
-	resp *monitorapi.Response, next *schema.Assignment, settings *schema.Settings, more ...clientv3.Op) error {
+	resp *monitorapi.Response, next *schema.Assignment, settings *schema.Settings, more []clientv3.Op, guards []clientv3.Cmp) error {
 	resp.ID, resp.Leader = id, m.id
 	body, _ := json.Marshal(resp)
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -421,7 +432,7 @@ func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string,
 		clientv3.OpDelete(reqKey),
 	}
 	ops = append(ops, more...)
-	_, err = m.write(ctx, l, snap, next, settings, ops)
+	_, err = m.write(ctx, l, snap, next, settings, ops, guards...)
 	return err
 }
 
