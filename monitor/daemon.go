@@ -46,6 +46,9 @@ type monitor struct {
 	// held are the unregistered nodes whose buckets stay (their lease
 	// lives), with that lease, so that each hold is logged once.
 	held map[string]clientv3.LeaseID
+	// versionSeen is the highest assignment version seen, valid or not: a
+	// repair writes a newer one.
+	versionSeen int64
 	// testHookRequestWatch, if set, stands in for the requests watch
 	// whenever it is (re-)created.
 	testHookRequestWatch func(context.Context) <-chan clientv3.WatchResponse

@@ -113,10 +113,14 @@ func (m *monitor) watchRequests(ctx context.Context) <-chan clientv3.WatchRespon
 }
 
 // current returns the assignment to plan from. If the value in etcd is
-// invalid, it is the last valid one this monitor saw or, failing that,
-// what can be salvaged from the invalid value, and repair is true: the
-// value must be rewritten even if nothing moves.
+// invalid or was deleted, it is the last valid one this monitor saw or,
+// failing that, what can be salvaged from the invalid value, and repair
+// is true: the value must be rewritten even if nothing moves, with a
+// version greater than any this monitor saw.
 func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schema.Assignment, repair bool, err error) {
+	if snap.Assignment != nil {
+		m.versionSeen = max(m.versionSeen, snap.Assignment.Version)
+	}
 	if snap.AssignmentError == nil {
 		return snap.Assignment, false, nil
 	}
@@ -131,13 +135,20 @@ func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schem
 		raw = resp.Kvs[0].Value
 	}
 	salvaged, problems := schema.SalvageAssignment(raw)
+	m.versionSeen = max(m.versionSeen, salvaged.Version)
 	cur = snap.Assignment
 	from := "the last valid assignment"
 	if cur == nil {
 		cur, from = salvaged, "what could be salvaged from the invalid value"
 	}
 	cur = cur.Clone()
-	cur.Version = max(cur.Version, salvaged.Version) // the next write must be newer than both
+	cur.Version = m.versionSeen // the next write must be newer than any version seen
+	if errors.Is(snap.AssignmentError, watch.ErrAssignmentDeleted) && snap.Assignment != nil {
+		m.log.Error("the assignment was deleted from etcd; writing the last valid one back (nothing moves for it)",
+			zap.String("key", m.layout.AssignmentKey()), zap.Int64("last_valid_version", snap.Assignment.Version),
+			zap.Int64("next_version", cur.Version+1))
+		return cur, true, nil
+	}
 	m.log.Error("the assignment in etcd is invalid; repairing it",
 		zap.String("key", m.layout.AssignmentKey()), zap.NamedError("invalid", snap.AssignmentError),
 		zap.Strings("problems", problems), zap.String("planning_from", from),
