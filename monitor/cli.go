@@ -200,7 +200,11 @@ func status(ctx context.Context, c common, cli *clientv3.Client, log *zap.Logger
 	} else {
 		fmt.Fprintf(stdout, "assignment: version %d, %d bucket(s) unassigned\n", st.Version, st.Unassigned)
 	}
-	if st.AssignmentError != "" {
+	switch st.AssignmentError {
+	case "":
+	case watch.ErrAssignmentDeleted.Error():
+		fmt.Fprintln(stdout, "assignment key was DELETED from etcd: the version above is the last valid one (the leading monitor writes it back)")
+	default:
 		fmt.Fprintf(stdout, "assignment in etcd is INVALID: %s\n", st.AssignmentError)
 	}
 	leader := st.Leader

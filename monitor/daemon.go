@@ -35,10 +35,23 @@ type monitor struct {
 	limits      handoff.Limits
 	cooldownFor time.Duration
 
+	// leases remembers each node's last lease, from every snapshot; run
+	// starts it (nil: no lease known, every vanished node counts as gone).
+	leases *leaseBook
+
 	// state kept across leaderships, touched only by the run goroutine
 	firstNodesSeen time.Time
 	noNodesLogged  bool
 	cooldown       map[bucket.Bucket]time.Time // bucket -> no new handoff before
+	// held are the unregistered nodes whose buckets stay (their lease
+	// lives), with that lease, so that each hold is logged once.
+	held map[string]clientv3.LeaseID
+	// versionSeen is the highest assignment version seen, valid or not: a
+	// repair writes a newer one.
+	versionSeen int64
+	// testHookRequestWatch, if set, stands in for the requests watch
+	// whenever it is (re-)created.
+	testHookRequestWatch func(context.Context) <-chan clientv3.WatchResponse
 }
 
 // run campaigns and leads until ctx ends, starting over after losing a
@@ -49,6 +62,12 @@ func (m *monitor) run(ctx context.Context) error {
 	}
 	if m.cooldown == nil {
 		m.cooldown = map[bucket.Bucket]time.Time{}
+	}
+	if m.leases == nil {
+		m.leases = newLeaseBook()
+		fctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go m.leases.follow(fctx, m.watcher)
 	}
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {

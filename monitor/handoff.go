@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"time"
@@ -25,14 +28,32 @@ type decision struct {
 	next *schema.Assignment // nil: nothing to write
 	// deleteReleased are the release keys the write consumes.
 	deleteReleased []clientv3.Op
+	// guards are what the write must compare besides the leader key and
+	// the snapshot's assignment and settings: each node the step treats as
+	// gone is still unregistered, each consumed release key is as in the
+	// snapshot.
+	guards []clientv3.Cmp
+	// wake is when a round must run to see a held node's lease end (zero:
+	// no such node).
+	wake time.Time
 }
 
 // decide plans from cur (the assignment in etcd, or nil) and the snapshot:
 // the planner works on the effective owners (moves in progress and queued
 // counted as done), and the handoff state machine turns its targets into
-// safe steps. A leaving node counts as drained. write forces a new value
-// (a repair) even if nothing moves.
-func (m *monitor) decide(snap *watch.Snapshot, cur *schema.Assignment, settings schema.Settings, rebalance, write bool) (*decision, error) {
+// safe steps. A leaving node counts as drained. An owner that is not
+// registered but whose lease lives (findUnregistered) is held: its
+// buckets stay and it gets nothing new. write forces a new value (a
+// repair) even if nothing moves.
+//
+// With no eligible node the error is planner.ErrNoEligibleNode and, if
+// there is an assignment, the decision still advances the moves in
+// progress (commit, abort; each keeps its target) and starts nothing.
+func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.Assignment, settings schema.Settings, rebalance, write bool) (*decision, error) {
+	unreg, err := m.findUnregistered(ctx, snap, cur)
+	if err != nil {
+		return nil, err
+	}
 	live := slices.Sorted(maps.Keys(snap.Nodes))
 	planSettings := settings.Clone()
 	for _, id := range live {
@@ -48,21 +69,18 @@ func (m *monitor) decide(snap *watch.Snapshot, cur *schema.Assignment, settings 
 		}
 		effective.Moving, effective.Queued = nil, nil
 	}
+	// Held nodes are not live to the planner, so they get nothing new; it
+	// plans their buckets away, and keepHeld takes that back. (Their
+	// buckets count as moved for its balance: the plan may be a little
+	// uneven while a node is held.)
 	plan, err := planner.Compute(planner.Input{Current: effective, Live: live, Settings: planSettings, Rebalance: rebalance})
-	if err != nil {
+	noEligible := errors.Is(err, planner.ErrNoEligibleNode)
+	if err != nil && (!noEligible || cur == nil) {
 		return nil, err
 	}
 	base := cur
 	if base == nil {
 		base = &schema.Assignment{}
-	}
-	reasons := map[bucket.Bucket]string{}
-	for _, mv := range plan.Moves {
-		reasons[mv.Bucket] = mv.Reason
-	}
-	released := map[bucket.Bucket]schema.Released{}
-	for b, r := range snap.Released {
-		released[b] = r.Released
 	}
 	now := time.Now()
 	hold := map[bucket.Bucket]bool{}
@@ -73,15 +91,52 @@ func (m *monitor) decide(snap *watch.Snapshot, cur *schema.Assignment, settings 
 			delete(m.cooldown, b)
 		}
 	}
+	var target [bucket.Count]string
+	reasons := map[bucket.Bucket]string{}
+	if noEligible {
+		// No plan: each move in progress keeps its target, nothing starts.
+		plan.Owners, plan.Moves = base.Owners, nil
+		for b, mv := range base.Moving {
+			target[b] = mv.To
+		}
+	} else {
+		keepHeld(plan, base, unreg.held, hold)
+		target = plan.Owners
+		for _, mv := range plan.Moves {
+			reasons[mv.Bucket] = mv.Reason
+		}
+	}
+	released := map[bucket.Bucket]schema.Released{}
+	for b, r := range snap.Released {
+		released[b] = r.Released
+	}
+	handoffLive := liveSet(live)
+	for id := range unreg.held {
+		handoffLive[id] = true
+	}
 	st := handoff.Advance(handoff.Input{
-		Current: base, Live: liveSet(live), Released: released, Target: plan.Owners, Reasons: reasons,
+		Current: base, Live: handoffLive, Released: released, Target: target, Reasons: reasons,
 		Hold: hold, Now: now, Limit: m.limits,
 	})
-	d := &decision{plan: plan, step: st}
+	d := &decision{plan: plan, step: st, wake: unreg.wake}
 	for _, b := range st.ConsumedReleases {
-		d.deleteReleased = append(d.deleteReleased, clientv3.OpDelete(m.layout.ReleasedKey(b)))
+		r, ok := snap.Released[b]
+		if !ok {
+			continue // not in the snapshot: nothing to compare, not deleted
+		}
+		// Only the acknowledgement this round saw: a newer one (a fresh
+		// release the snapshot missed) makes the write fail and plan again.
+		key := m.layout.ReleasedKey(b)
+		d.guards = append(d.guards, clientv3.Compare(clientv3.ModRevision(key), "=", r.ModRevision))
+		d.deleteReleased = append(d.deleteReleased, clientv3.OpDelete(key))
 	}
 	if st.Changed() || write || cur == nil {
+		// A node the step treats as gone must still be unregistered when
+		// the step is written: one that registered again since the
+		// snapshot (its key has a create revision) makes the write fail.
+		for _, id := range st.GoneOwners() {
+			d.guards = append(d.guards, clientv3.Compare(clientv3.CreateRevision(m.layout.NodeKey(id)), "=", 0))
+		}
 		d.next = st.Next
 		d.next.Version = base.Version + 1
 		d.next.NextEpochs(cur)
@@ -91,7 +146,39 @@ func (m *monitor) decide(snap *watch.Snapshot, cur *schema.Assignment, settings 
 		d.next.Extra["updated_by"], _ = json.Marshal(m.id)
 		d.next.Extra["updated_at"], _ = json.Marshal(now.UTC().Format(time.RFC3339))
 	}
-	return d, nil
+	return d, err
+}
+
+// keepHeld takes back what plan would move off the held nodes: a bucket at
+// rest on one stays (a queued one stays queued: hold), and the plan's
+// owners and moves say so; each held node gets a warning. A move from a
+// held node goes on as planned: its old owner may still release it, and
+// the move commits only then (or aborts on the timeout).
+func keepHeld(plan *planner.Plan, cur *schema.Assignment, held map[string]string, hold map[bucket.Bucket]bool) {
+	if len(held) == 0 {
+		return
+	}
+	kept := map[bucket.Bucket]bool{}
+	for b := range bucket.Count {
+		bk := bucket.Bucket(b)
+		owner := cur.Owners[b]
+		if _, ok := held[owner]; !ok {
+			continue
+		}
+		if _, moving := cur.Moving[bk]; moving {
+			continue
+		}
+		if _, queued := cur.Queued[bk]; queued {
+			hold[bk] = true
+			continue
+		}
+		plan.Owners[b] = owner
+		kept[bk] = true
+	}
+	plan.Moves = slices.DeleteFunc(plan.Moves, func(mv schema.Move) bool { return kept[mv.Bucket] })
+	for _, id := range slices.Sorted(maps.Keys(held)) {
+		plan.Warnings = append(plan.Warnings, fmt.Sprintf("node %s is not registered but %s", id, held[id]))
+	}
 }
 
 // afterWrite records what a written decision means for later rounds: a
@@ -106,24 +193,24 @@ func (m *monitor) afterWrite(d *decision) {
 }
 
 // nextWake says when a round must run even if nothing changes: the
-// earliest handoff timeout of a move in progress, or the end of a
-// cooldown of a bucket that waits in the queue; 0 if none.
-func (m *monitor) nextWake(a *schema.Assignment) time.Duration {
-	if a == nil {
-		return 0
-	}
-	var at time.Time
+// earliest handoff timeout of a move in progress, the end of a cooldown
+// of a bucket that waits in the queue, or also (when a held node's lease
+// runs out; zero: none); 0 if none.
+func (m *monitor) nextWake(a *schema.Assignment, also time.Time) time.Duration {
+	at := also
 	earlier := func(t time.Time) {
 		if at.IsZero() || t.Before(at) {
 			at = t
 		}
 	}
-	for _, mv := range a.Moving {
-		earlier(mv.Since.Add(m.limits.Timeout + 10*time.Millisecond))
-	}
-	for b := range a.Queued {
-		if until, ok := m.cooldown[b]; ok {
-			earlier(until)
+	if a != nil {
+		for _, mv := range a.Moving {
+			earlier(mv.Since.Add(m.limits.Timeout + 10*time.Millisecond))
+		}
+		for b := range a.Queued {
+			if until, ok := m.cooldown[b]; ok {
+				earlier(until)
+			}
 		}
 	}
 	if at.IsZero() {

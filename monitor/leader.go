@@ -36,6 +36,11 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 	sub := m.watcher.Subscribe()
 	defer sub.Close()
 	requests := m.watchRequests(ctx)
+	// A requests watch that closes (etcd has no leader, the connection
+	// broke) is re-created after a back-off, not at once: the ticker
+	// covers the gap.
+	var rewatch <-chan time.Time
+	rewatchIn := minRewatch
 	ticker := time.NewTicker(m.interval)
 	defer ticker.Stop()
 	// wake runs a round when nothing else would: the settle wait before a
@@ -69,10 +74,16 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 			if err = step(m.watcher.Snapshot()); err == nil {
 				err = m.processRequests(ctx, l)
 			}
-		case _, ok := <-requests:
+		case wr, ok := <-requests:
 			if !ok {
-				requests = m.watchRequests(ctx) // the ticker covers the gap
+				requests, rewatch = nil, time.After(rewatchIn)
+				rewatchIn = min(2*rewatchIn, maxRewatch)
+			} else if wr.Err() == nil {
+				rewatchIn = minRewatch
 			}
+			err = m.processRequests(ctx, l)
+		case <-rewatch:
+			rewatch, requests = nil, m.watchRequests(ctx)
 			err = m.processRequests(ctx, l)
 		}
 		if errors.Is(err, errNotLeader) {
@@ -84,18 +95,32 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 	}
 }
 
+// The back-off of re-creating a requests watch that closed.
+const (
+	minRewatch = 200 * time.Millisecond
+	maxRewatch = 5 * time.Second
+)
+
 // watchRequests notifies of new requests; requests are read by a list, so
-// the watch is only a trigger and may be lost without harm.
+// the watch is only a trigger and may be lost without harm. It says when
+// it is up (created notify), which resets the back-off.
 func (m *monitor) watchRequests(ctx context.Context) <-chan clientv3.WatchResponse {
+	if m.testHookRequestWatch != nil {
+		return m.testHookRequestWatch(ctx)
+	}
 	return m.cli.Watch(clientv3.WithRequireLeader(ctx), m.layout.RequestsPrefix(),
-		clientv3.WithPrefix(), clientv3.WithFilterDelete())
+		clientv3.WithPrefix(), clientv3.WithFilterDelete(), clientv3.WithCreatedNotify())
 }
 
 // current returns the assignment to plan from. If the value in etcd is
-// invalid, it is the last valid one this monitor saw or, failing that,
-// what can be salvaged from the invalid value, and repair is true: the
-// value must be rewritten even if nothing moves.
+// invalid or was deleted, it is the last valid one this monitor saw or,
+// failing that, what can be salvaged from the invalid value, and repair
+// is true: the value must be rewritten even if nothing moves, with a
+// version greater than any this monitor saw.
 func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schema.Assignment, repair bool, err error) {
+	if snap.Assignment != nil {
+		m.versionSeen = max(m.versionSeen, snap.Assignment.Version)
+	}
 	if snap.AssignmentError == nil {
 		return snap.Assignment, false, nil
 	}
@@ -110,13 +135,20 @@ func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schem
 		raw = resp.Kvs[0].Value
 	}
 	salvaged, problems := schema.SalvageAssignment(raw)
+	m.versionSeen = max(m.versionSeen, salvaged.Version)
 	cur = snap.Assignment
 	from := "the last valid assignment"
 	if cur == nil {
 		cur, from = salvaged, "what could be salvaged from the invalid value"
 	}
 	cur = cur.Clone()
-	cur.Version = max(cur.Version, salvaged.Version) // the next write must be newer than both
+	cur.Version = m.versionSeen // the next write must be newer than any version seen
+	if errors.Is(snap.AssignmentError, watch.ErrAssignmentDeleted) && snap.Assignment != nil {
+		m.log.Error("the assignment was deleted from etcd; writing the last valid one back (nothing moves for it)",
+			zap.String("key", m.layout.AssignmentKey()), zap.Int64("last_valid_version", snap.Assignment.Version),
+			zap.Int64("next_version", cur.Version+1))
+		return cur, true, nil
+	}
 	m.log.Error("the assignment in etcd is invalid; repairing it",
 		zap.String("key", m.layout.AssignmentKey()), zap.NamedError("invalid", snap.AssignmentError),
 		zap.Strings("problems", problems), zap.String("planning_from", from),
@@ -153,28 +185,31 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 			return wait, nil
 		}
 	}
-	d, err := m.decide(snap, cur, snap.Settings, snap.Settings.AutoRebalance, repair)
+	d, err := m.decide(ctx, snap, cur, snap.Settings, snap.Settings.AutoRebalance, repair)
 	if errors.Is(err, planner.ErrNoEligibleNode) {
-		m.log.Error("every live node is drained or leaving: the assignment is left as it is", zap.Strings("live", live))
-		return 0, nil
-	}
-	if err != nil {
+		// Nothing new starts, but the moves in progress still commit or
+		// abort (d advances them).
+		m.log.Error("every live node is drained or leaving: no bucket is given a new owner", zap.Strings("live", live))
+		if d == nil {
+			return 0, nil
+		}
+	} else if err != nil {
 		return 0, err
 	}
 	if d.next == nil {
 		if len(d.deleteReleased) > 0 { // stale acknowledgements only
-			_, err = m.write(ctx, l, snap, nil, nil, d.deleteReleased)
+			_, err = m.write(ctx, l, snap, nil, nil, d.deleteReleased, d.guards...)
 		}
-		return m.nextWake(cur), err
+		return m.nextWake(cur, d.wake), err
 	}
-	rev, err := m.write(ctx, l, snap, d.next, nil, d.deleteReleased)
+	rev, err := m.write(ctx, l, snap, d.next, nil, d.deleteReleased, d.guards...)
 	if err != nil {
 		return 0, err
 	}
 	m.afterWrite(d)
 	m.logChange("assignment updated", cur, d.next, d.plan, rev, repair)
 	m.logStep(d)
-	return m.nextWake(d.next), nil
+	return m.nextWake(d.next, d.wake), nil
 }
 
 func (m *monitor) logChange(msg string, cur, next *schema.Assignment, plan *planner.Plan, rev int64, repair bool) {
@@ -203,11 +238,14 @@ func orNone(s string) string {
 
 // write commits changes in one transaction that succeeds only while this
 // monitor leads (its election key has the create revision it won with)
-// and, unless snap is nil, the assignment and settings are as in snap.
-// A nil snap may only go with no assignment or settings change.
+// and, unless snap is nil, the assignment and settings are as in snap,
+// and every guard holds (a decision's guards: the nodes it treats as gone
+// are unregistered, the release keys it deletes are as it saw them). A
+// nil snap may only go with no assignment or settings change.
 func (m *monitor) write(ctx context.Context, l *leadership, snap *watch.Snapshot,
-	next *schema.Assignment, settings *schema.Settings, extra []clientv3.Op) (int64, error) {
+	next *schema.Assignment, settings *schema.Settings, extra []clientv3.Op, guards ...clientv3.Cmp) (int64, error) {
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(l.key), "=", l.rev)}
+	cmps = append(cmps, guards...)
 	if snap != nil {
 		cmps = append(cmps,
 			clientv3.Compare(clientv3.ModRevision(m.layout.AssignmentKey()), "=", snap.AssignmentModRevision),
@@ -266,12 +304,12 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 	id := strings.TrimPrefix(key, m.layout.RequestsPrefix())
 	var req monitorapi.Request
 	if err := json.Unmarshal(kv.Value, &req); err != nil {
-		return m.respond(ctx, l, key, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil)
+		return m.respond(ctx, l, key, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil, nil, nil)
 	}
 	resp := &monitorapi.Response{Op: req.Op, DryRun: req.DryRun}
 	if err := req.Validate(); err != nil {
 		resp.Error = err.Error()
-		return m.respond(ctx, l, key, id, nil, resp, nil, nil)
+		return m.respond(ctx, l, key, id, nil, resp, nil, nil, nil, nil)
 	}
 	log := m.log.With(zap.String("request", id), zap.String("op", req.Op), zap.String("from", req.From), zap.Bool("dry_run", req.DryRun))
 	for attempt := 0; ; attempt++ {
@@ -293,11 +331,14 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		if (req.Op == monitorapi.OpDrain || req.Op == monitorapi.OpPin) && !slices.Contains(live, req.Node) {
 			resp.Warnings = append(resp.Warnings, fmt.Sprintf("node %s is not registered now", req.Node))
 		}
-		d, err := m.decide(snap, cur, settings, req.Op == monitorapi.OpRebalance || settings.AutoRebalance, repair)
-		if err != nil {
+		d, err := m.decide(ctx, snap, cur, settings, req.Op == monitorapi.OpRebalance || settings.AutoRebalance, repair)
+		if errors.Is(err, planner.ErrNoEligibleNode) {
 			resp.Error = fmt.Sprintf("%v: the assignment is left as it is", err)
 			log.Warn("request refused", zap.String("error", resp.Error))
-			return m.respond(ctx, l, key, id, nil, resp, nil, nil)
+			return m.respond(ctx, l, key, id, nil, resp, nil, nil, nil, nil)
+		}
+		if err != nil {
+			return err // etcd trouble: the request stays, and is tried again
 		}
 		plan := d.plan
 		describe(resp, plan)
@@ -314,10 +355,11 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		}
 		resp.OK = true
 		var consume []clientv3.Op
+		var guards []clientv3.Cmp
 		if !req.DryRun {
-			consume = d.deleteReleased
+			consume, guards = d.deleteReleased, d.guards
 		}
-		err = m.respond(ctx, l, key, id, snap, resp, next, newSettings, consume...)
+		err = m.respond(ctx, l, key, id, snap, resp, next, newSettings, consume, guards)
 		if errors.Is(err, errStale) && attempt < 5 {
 			continue // plan again on the newer state
 		}
@@ -382,11 +424,12 @@ func movesPerNode(moves []schema.Move) map[string]monitorapi.NodeMoves {
 }
 
 // respond writes the response (under a one-minute lease) and deletes the
-// request, together with any assignment and settings change, in one
-// fenced transaction. With snap nil (an answer that changes nothing and
-// was not planned, e.g. a refusal) only leadership is checked.
+// request, together with any assignment and settings change and more ops,
+// in one fenced transaction (with the decision's guards). With snap nil
+// (an answer that changes nothing and was not planned, e.g. a refusal)
+// only leadership is checked.
 func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string, snap *watch.Snapshot,
-	resp *monitorapi.Response, next *schema.Assignment, settings *schema.Settings, more ...clientv3.Op) error {
+	resp *monitorapi.Response, next *schema.Assignment, settings *schema.Settings, more []clientv3.Op, guards []clientv3.Cmp) error {
 	resp.ID, resp.Leader = id, m.id
 	body, _ := json.Marshal(resp)
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -400,7 +443,7 @@ func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string,
 		clientv3.OpDelete(reqKey),
 	}
 	ops = append(ops, more...)
-	_, err = m.write(ctx, l, snap, next, settings, ops)
+	_, err = m.write(ctx, l, snap, next, settings, ops, guards...)
 	return err
 }
 

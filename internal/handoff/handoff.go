@@ -10,10 +10,17 @@
 //
 //	STABLE(a) -> MOVING(a->b)  when the target differs and a is live (throttled; else QUEUED)
 //	MOVING(a->b) -> STABLE(b)  on a release acknowledgement {from a, epoch} (commit)
-//	MOVING(a->b) -> STABLE(b)  when a is gone: it fenced itself before its key could expire
+//	MOVING(a->b) -> STABLE(b)  when a is gone: its lease ended, and it fenced itself before that
 //	MOVING(a->b) -> MOVING(a->c) when the target changes (b died, or the plan changed)
 //	MOVING(a->b) -> STABLE(a)  after the timeout while a lives, or when the plan wants a again (abort)
 //	STABLE(a) -> STABLE(b)     at once when a is gone or the bucket is unassigned (nobody to hand off)
+//
+// "Gone" means not in Input.Live. Only a node whose lease ended is gone: a
+// server fences itself before its lease can expire, and its registrar
+// fences it before revoking the lease. A node key deleted by hand while its
+// lease lives is not: the caller keeps such a node in Live (and out of the
+// targets), and the writer makes sure every node the step treats as gone
+// (Step.GoneOwners) is still unregistered when the step is written.
 package handoff
 
 import (
@@ -45,14 +52,18 @@ var DefaultLimits = Limits{MaxMoving: 16, MaxMovingPerNode: 8, Timeout: 60 * tim
 type Input struct {
 	// Current is the assignment in etcd (not nil).
 	Current *schema.Assignment
-	// Live holds the registered nodes: a move's source counts as gone
-	// when it is not here.
+	// Live holds the nodes that may still serve: the registered ones and
+	// those whose key is gone while their lease lives. A bucket's owner or
+	// a move's source that is not here is gone (it fenced itself): its
+	// buckets move at once.
 	Live map[string]bool
 	// Released holds the release acknowledgements in etcd.
 	Released map[bucket.Bucket]schema.Released
 	// Target is the planner's owner for every bucket, planned on the
 	// effective owners (Assignment.Effective), with the reason of each
-	// bucket whose target differs from its effective owner.
+	// bucket whose target differs from its effective owner. "" means no
+	// plan for the bucket (no eligible node): a move in progress keeps
+	// its target, a queued move stays queued, nothing new starts.
 	Target  [bucket.Count]string
 	Reasons map[bucket.Bucket]string
 	// Hold lists buckets that must not start a move now (e.g. a cooldown
@@ -164,7 +175,16 @@ func Advance(in Input) *Step {
 			continue
 		}
 		owner, target := next.Owners[b], in.Target[b]
-		if target == "" || target == owner {
+		if target == "" {
+			if q, ok := cur.Queued[bk]; ok { // no plan for it: it waits as it was
+				if next.Queued == nil {
+					next.Queued = map[bucket.Bucket]schema.QueuedMove{}
+				}
+				next.Queued[bk] = q
+			}
+			continue
+		}
+		if target == owner {
 			continue
 		}
 		mv := schema.Move{Bucket: bk, From: owner, To: target, Reason: in.Reasons[bk]}
@@ -200,6 +220,24 @@ func Advance(in Input) *Step {
 		next.Moving = nil
 	}
 	return st
+}
+
+// GoneOwners lists, sorted, the nodes the step treats as gone: the old
+// owners of its direct moves and of its moves committed because the owner
+// is gone. The writer must make sure each is still unregistered.
+func (s *Step) GoneOwners() []string {
+	gone := map[string]bool{}
+	for _, mv := range s.Direct {
+		if mv.From != "" {
+			gone[mv.From] = true
+		}
+	}
+	for _, mv := range s.Committed {
+		if mv.Reason == ReasonOwnerGone {
+			gone[mv.From] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(gone))
 }
 
 func (st *Step) commit(mv schema.Move) {

@@ -70,6 +70,9 @@ func TestAdvance(t *testing.T) {
 			if moves(st.Direct) != moves([]schema.Move{{Bucket: 0, From: "a", To: "c", Reason: "rebalance"}, {Bucket: 9, To: "c", Reason: "rebalance"}}) || st.Next.Owners[9] != "c" || len(st.Next.Moving) != 0 {
 				t.Fatalf("direct %v moving %v", st.Direct, st.Next.Moving)
 			}
+			if fmt.Sprint(st.GoneOwners()) != "[a]" {
+				t.Fatalf("gone owners %v; want [a] (not the unassigned bucket's empty owner)", st.GoneOwners())
+			}
 		}},
 		{"a matching acknowledgement commits and is consumed", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
 			cur.Moving = map[bucket.Bucket]schema.MoveState{1: {From: "a", To: "c", Epoch: 9, Since: t0}}
@@ -97,6 +100,9 @@ func TestAdvance(t *testing.T) {
 			if st.Next.Owners[1] != "c" || len(st.Committed) != 1 || st.Committed[0].Reason != ReasonOwnerGone || len(st.Direct) != 3 {
 				t.Fatalf("committed %v direct %v", st.Committed, st.Direct)
 			}
+			if fmt.Sprint(st.GoneOwners()) != "[a]" {
+				t.Fatalf("gone owners %v", st.GoneOwners())
+			}
 		}},
 		{"a new target (the old one died) re-targets the move", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
 			cur.Moving = map[bucket.Bucket]schema.MoveState{1: {From: "a", To: "c", Epoch: 9, Since: t0.Add(-time.Second)}}
@@ -121,6 +127,44 @@ func TestAdvance(t *testing.T) {
 		}, func(t *testing.T, st *Step) {
 			if len(st.Aborted) != 1 || st.Aborted[0].Reason != ReasonCancelled || len(st.Next.Moving) != 0 || len(st.Next.Queued) != 0 {
 				t.Fatalf("aborted %v", st.Aborted)
+			}
+		}},
+		{"a commit on a release names no gone owner", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
+			cur.Moving = map[bucket.Bucket]schema.MoveState{1: {From: "a", To: "c", Epoch: 9, Since: t0}}
+			target[1] = "c"
+			in.Released = map[bucket.Bucket]schema.Released{1: {From: "a", Epoch: 9}}
+		}, func(t *testing.T, st *Step) {
+			if len(st.Committed) != 1 || len(st.GoneOwners()) != 0 {
+				t.Fatalf("committed %v gone owners %v", st.Committed, st.GoneOwners())
+			}
+		}},
+		{"with no plan (no eligible node), moves still commit, abort or commit as owner gone; the queue stays; nothing starts", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
+			cur.Moving = map[bucket.Bucket]schema.MoveState{
+				1: {From: "a", To: "c", Epoch: 9, Since: t0},                        // released
+				2: {From: "a", To: "c", Epoch: 9, Since: t0.Add(-61 * time.Second)}, // timed out
+				5: {From: "b", To: "c", Epoch: 9, Since: t0},                        // b is gone
+				6: {From: "b", To: "c", Epoch: 9, Since: t0},
+			}
+			cur.Queued = map[bucket.Bucket]schema.QueuedMove{0: {To: "c", Reason: "drained"}, 4: {To: "c", Reason: "drained"}}
+			in.Released = map[bucket.Bucket]schema.Released{1: {From: "a", Epoch: 9}}
+			in.Live = live("a", "c")
+			*target = [bucket.Count]string{}
+		}, func(t *testing.T, st *Step) {
+			want := moves([]schema.Move{{Bucket: 1, From: "a", To: "c", Reason: ReasonReleased},
+				{Bucket: 5, From: "b", To: "c", Reason: ReasonOwnerGone}, {Bucket: 6, From: "b", To: "c", Reason: ReasonOwnerGone}})
+			if moves(st.Committed) != want || len(st.Aborted) != 1 || st.Aborted[0].Bucket != 2 || st.Aborted[0].Reason != ReasonTimeout {
+				t.Fatalf("committed %v aborted %v", st.Committed, st.Aborted)
+			}
+			if len(st.Started)+len(st.Direct)+len(st.Retargeted) != 0 || len(st.Next.Moving) != 0 {
+				t.Fatalf("started %v direct %v retargeted %v moving %v", st.Started, st.Direct, st.Retargeted, st.Next.Moving)
+			}
+			// The queue is as it was (04's owner b is gone, but with no plan
+			// it does not move directly either).
+			if len(st.Next.Queued) != 2 || st.Next.Queued[0].To != "c" || st.Next.Queued[4].Reason != "drained" || st.Next.Owners[4] != "b" {
+				t.Fatalf("queued %v, owner of 04 %s", st.Next.Queued, st.Next.Owners[4])
+			}
+			if fmt.Sprint(st.GoneOwners()) != "[b]" {
+				t.Fatalf("gone owners %v", st.GoneOwners())
 			}
 		}},
 		{"a held bucket waits in the queue", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {

@@ -22,8 +22,9 @@ type MoveState struct {
 	// Epoch is the assignment version that started the move; the old
 	// owner's release acknowledgement names it.
 	Epoch int64 `json:"epoch"`
-	// Since is when the move started (or was last re-targeted), for the
-	// handoff timeout and for operators.
+	// Since is when the move started, for the handoff timeout and for
+	// operators. A re-target keeps it: the timeout measures the old
+	// owner's release, which a new target does not restart.
 	Since time.Time `json:"since"`
 	// Reason says why the bucket moves (planner.Reason*), for operators.
 	Reason string `json:"reason,omitempty"`

@@ -1,7 +1,10 @@
 package watch
 
 import (
+	"errors"
 	"maps"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/schema"
@@ -18,15 +21,26 @@ type Snapshot struct {
 	Nodes map[string]schema.Node
 	// NodeErrors says, per node id, why its current value was rejected.
 	NodeErrors map[string]error
-	// Assignment is the last valid assignment; nil if there is none (the key
-	// was never written, or was deleted).
+	// NodeLeases holds, for every node in Nodes, the etcd lease its
+	// registration is attached to (0: none): the lease of the value in
+	// Nodes, so a node that keeps its last valid registration keeps that
+	// value's lease; never nil. A key can be deleted while its lease lives
+	// (by hand), so a vanished key alone does not prove that a node's lease
+	// ended: the monitor asks etcd about the last lease it saw.
+	NodeLeases map[string]clientv3.LeaseID
+	// Assignment is the last valid assignment; nil if there has been none
+	// since the watcher started (the key was never written, or held no
+	// valid value). A deleted assignment key does not clear it: the last
+	// valid one stays, with AssignmentError ErrAssignmentDeleted.
 	Assignment *schema.Assignment
 	// AssignmentModRevision is the mod revision of the assignment key as it
 	// is in etcd now, valid or not (0: the key does not exist). A writer
 	// compares against it.
 	AssignmentModRevision int64
 	// AssignmentError says why the current value of the assignment key was
-	// rejected; nil when it is valid or absent.
+	// rejected (ErrAssignmentDeleted: the key was deleted, and Assignment
+	// is the last valid value); nil when it is valid, or absent with no
+	// valid value seen before.
 	AssignmentError error
 	// Settings are the operator's drains, pins and auto-rebalance switch
 	// (the last valid value; zero if none), with the key's mod revision as
@@ -40,6 +54,12 @@ type Snapshot struct {
 	Released map[bucket.Bucket]ReleasedKey
 }
 
+// ErrAssignmentDeleted is the AssignmentError of a snapshot whose
+// assignment key was deleted after a valid value had been seen: readers
+// keep routing by the last valid assignment (Assignment), and the leading
+// monitor writes it back.
+var ErrAssignmentDeleted = errors.New("deleted from etcd")
+
 // ReleasedKey is one release acknowledgement and its key's mod revision.
 type ReleasedKey struct {
 	schema.Released
@@ -48,7 +68,8 @@ type ReleasedKey struct {
 
 // EmptySnapshot is the state of a cluster with nothing in etcd.
 func EmptySnapshot() *Snapshot {
-	return &Snapshot{Nodes: map[string]schema.Node{}, NodeErrors: map[string]error{}, Released: map[bucket.Bucket]ReleasedKey{}}
+	return &Snapshot{Nodes: map[string]schema.Node{}, NodeErrors: map[string]error{},
+		NodeLeases: map[string]clientv3.LeaseID{}, Released: map[bucket.Bucket]ReleasedKey{}}
 }
 
 // clone copies the maps, so that the copy can be changed and published.
@@ -56,6 +77,7 @@ func (s *Snapshot) clone() *Snapshot {
 	c := *s
 	c.Nodes = maps.Clone(s.Nodes)
 	c.NodeErrors = maps.Clone(s.NodeErrors)
+	c.NodeLeases = maps.Clone(s.NodeLeases)
 	c.Released = maps.Clone(s.Released)
 	return &c
 }
@@ -68,6 +90,7 @@ func (s *Snapshot) sameState(o *Snapshot) bool {
 		s.SettingsModRevision == o.SettingsModRevision &&
 		errText(s.SettingsError) == errText(o.SettingsError) &&
 		maps.Equal(s.Nodes, o.Nodes) &&
+		maps.Equal(s.NodeLeases, o.NodeLeases) &&
 		maps.Equal(s.Released, o.Released) &&
 		maps.EqualFunc(s.NodeErrors, o.NodeErrors, func(a, b error) bool { return errText(a) == errText(b) })
 }

@@ -7,7 +7,7 @@
 //     comes after it (no event missed, none seen twice);
 //   - on a compaction or a broken stream, list again and carry on;
 //   - reject invalid values with a logged error naming the key, keeping the
-//     last good state;
+//     last good state (a deleted assignment keeps the last good one too);
 //   - publish each new state through an atomic pointer (readers take no lock)
 //     and to subscribers, one snapshot per etcd revision, in order.
 package watch
@@ -252,6 +252,12 @@ func (w *Watcher) list(ctx context.Context) (int64, error) {
 	for _, kv := range resp.Kvs {
 		w.applyPut(prev, next, kv)
 	}
+	if next.AssignmentModRevision == 0 && prev.Assignment != nil {
+		// Deleted while the stream was broken: as for a deleted key seen
+		// by the watch, the last valid assignment stays.
+		next.Assignment = prev.Assignment
+		w.assignmentDeleted(prev, next)
+	}
 	w.contact(resp.Header.Revision)
 	// A re-list after a broken stream often finds nothing new; subscribers
 	// hear only of real changes.
@@ -369,8 +375,10 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 		n, err := schema.ParseNode(id, kv.Value)
 		if err != nil {
 			delete(next.Nodes, id)
+			delete(next.NodeLeases, id)
 			if old, had := prev.Nodes[id]; had {
 				next.Nodes[id] = old
+				next.NodeLeases[id] = prev.NodeLeases[id]
 			}
 			next.NodeErrors[id] = err
 			w.log.Error("invalid node registration in etcd; keeping the last good one",
@@ -378,6 +386,7 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 			return true
 		}
 		next.Nodes[id] = n
+		next.NodeLeases[id] = clientv3.LeaseID(kv.Lease)
 		delete(next.NodeErrors, id)
 		return true
 	case strings.HasPrefix(key, l.ReleasedPrefix()):
@@ -402,10 +411,13 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 	l := w.cfg.Layout
 	if key == l.AssignmentKey() {
-		next.Assignment = nil
 		next.AssignmentModRevision = 0
-		next.AssignmentError = nil
-		w.log.Warn("assignment deleted from etcd", zap.String("key", key))
+		if next.Assignment == nil {
+			next.AssignmentError = nil // no valid value to keep: as if never written
+			w.log.Warn("assignment deleted from etcd (no valid one was seen before)", zap.String("key", key))
+			return true
+		}
+		w.assignmentDeleted(next, next)
 		return true
 	}
 	if key == l.SettingsKey() {
@@ -417,6 +429,7 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 	if id, ok := l.NodeIDFromKey(key); ok {
 		delete(next.Nodes, id)
 		delete(next.NodeErrors, id)
+		delete(next.NodeLeases, id)
 		return true
 	}
 	if b, ok := l.BucketFromReleasedKey(key); ok {
@@ -424,4 +437,20 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 		return true
 	}
 	return false
+}
+
+// assignmentDeleted marks next's assignment key as deleted: like an invalid
+// value, a delete does not replace the last valid assignment (next keeps
+// it), so no reader forgets who owns what; the leading monitor writes it
+// back (a fresh version, the same owners).
+// It logs unless prev already said so (a re-list).
+func (w *Watcher) assignmentDeleted(prev, next *Snapshot) {
+	already := errors.Is(prev.AssignmentError, ErrAssignmentDeleted)
+	next.AssignmentModRevision = 0
+	next.AssignmentError = ErrAssignmentDeleted
+	if already {
+		return
+	}
+	w.log.Error("assignment deleted from etcd; keeping the last good one",
+		zap.String("key", w.cfg.Layout.AssignmentKey()), zap.Int64("last_good_version", next.Assignment.Version))
 }

@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -426,5 +427,137 @@ func TestIdleWatchStaysConnected(t *testing.T) {
 		if st := w.Status(); !st.Connected {
 			t.Fatalf("idle watcher reported disconnected after %dms: %+v", (i+1)*100, st)
 		}
+	}
+}
+
+// A deleted assignment key does not make readers forget the assignment:
+// like an invalid value, the last valid one stays, with ErrAssignmentDeleted
+// and mod revision 0 (the monitor writes it back).
+func TestDeletedAssignmentKeepsTheLastGoodOne(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// values are written one after the other, each seen by the
+		// watcher, before the delete; want is the version of the last
+		// valid one (0: none).
+		values [][]byte
+		want   int64
+		// relist deletes the key while the watch stream is broken (the
+		// watcher learns of it by listing again), not under its watch.
+		relist bool
+	}{
+		{name: "deleted under the watch", values: [][]byte{assignment(7, "n1").Encode()}, want: 7},
+		{name: "deleted after an invalid value: the last valid one stays",
+			values: [][]byte{assignment(7, "n1").Encode(), []byte(`{"version":8,"buckets":{"zz":"n1"}}`)}, want: 7},
+		{name: "deleted while the watch was broken", values: [][]byte{assignment(7, "n1").Encode()}, want: 7, relist: true},
+		{name: "no valid value ever: deleted is as never written", values: [][]byte{[]byte(`[]`)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := etcdtest.Start(t)
+			cli := c.Client(t)
+			var hook func(int64)
+			if tc.relist {
+				for _, v := range tc.values {
+					put(t, cli, layout.AssignmentKey(), v)
+				}
+				var lists atomic.Int32
+				hook = func(int64) {
+					if lists.Add(1) != 1 {
+						return
+					}
+					// Between the first list and the watch: delete, then
+					// compact it away, so the watch fails and lists again.
+					del(t, cli, layout.AssignmentKey())
+					last := put(t, cli, layout.NodeKey("n1"), node("n1").Encode())
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					if _, err := cli.Compact(ctx, last); err != nil {
+						t.Errorf("compact: %v", err)
+					}
+				}
+			}
+			w := startWatcher(t, cli, nil, hook)
+			sub := w.Subscribe()
+			defer sub.Close()
+			next(t, sub)
+			if !tc.relist {
+				for _, v := range tc.values {
+					rev := put(t, cli, layout.AssignmentKey(), v)
+					waitFor(t, sub, "the value written", func(s *Snapshot) bool { return s.AssignmentModRevision == rev })
+				}
+				del(t, cli, layout.AssignmentKey())
+			}
+			s := waitFor(t, sub, "the delete seen", func(s *Snapshot) bool {
+				return s.AssignmentModRevision == 0 && (!tc.relist || len(s.Nodes) == 1)
+			})
+			if tc.relist && w.Status().Relists < 1 {
+				t.Fatalf("no relist: %+v", w.Status())
+			}
+			if tc.want == 0 {
+				if s.Assignment != nil || s.AssignmentError != nil {
+					t.Fatalf("no valid value before the delete: assignment %v, error %v", s.Assignment, s.AssignmentError)
+				}
+				return
+			}
+			if s.Assignment == nil || s.Assignment.Version != tc.want || !errors.Is(s.AssignmentError, ErrAssignmentDeleted) {
+				t.Fatalf("after the delete: assignment %v, error %v; want version %d kept and ErrAssignmentDeleted", s.Assignment, s.AssignmentError, tc.want)
+			}
+			// Written again: the error clears.
+			rev := put(t, cli, layout.AssignmentKey(), assignment(tc.want+1, "n1").Encode())
+			waitFor(t, sub, "written again", func(s *Snapshot) bool {
+				return s.AssignmentModRevision == rev && s.AssignmentError == nil && s.Assignment.Version == tc.want+1
+			})
+		})
+	}
+}
+
+// Each node's lease is in the snapshot: the lease of the value in Nodes
+// (an invalid value under another lease keeps the last valid one's), gone
+// with the key.
+func TestNodeLeases(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	grant := func() clientv3.LeaseID {
+		l, err := cli.Grant(ctx, 60)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.ID
+	}
+	l1, l2 := grant(), grant()
+	putLease := func(key string, value []byte, lease clientv3.LeaseID) {
+		if _, err := cli.Put(ctx, key, string(value), clientv3.WithLease(lease)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	putLease(layout.NodeKey("n1"), node("n1").Encode(), l1)
+	w := startWatcher(t, cli, nil, nil)
+	if got := w.Snapshot().NodeLeases["n1"]; got != l1 {
+		t.Fatalf("listed: lease %x, want %x", got, l1)
+	}
+	sub := w.Subscribe()
+	defer sub.Close()
+	next(t, sub)
+	for _, tc := range []struct {
+		name  string
+		do    func()
+		check func(*Snapshot) bool
+	}{
+		{"an invalid value under another lease keeps the valid one's", func() { putLease(layout.NodeKey("n1"), []byte(`{}`), l2) },
+			func(s *Snapshot) bool { return s.NodeErrors["n1"] != nil && s.NodeLeases["n1"] == l1 }},
+		{"a valid value under another lease", func() { putLease(layout.NodeKey("n1"), node("n1").Encode(), l2) },
+			func(s *Snapshot) bool { return s.NodeErrors["n1"] == nil && s.NodeLeases["n1"] == l2 }},
+		{"a registration without a lease", func() { put(t, cli, layout.NodeKey("n2"), node("n2").Encode()) },
+			func(s *Snapshot) bool { l, ok := s.NodeLeases["n2"]; return ok && l == 0 && len(s.NodeLeases) == 2 }},
+		{"a node that never had a valid value has none", func() { putLease(layout.NodeKey("n3"), []byte(`{}`), l1) },
+			func(s *Snapshot) bool { _, ok := s.NodeLeases["n3"]; return s.NodeErrors["n3"] != nil && !ok }},
+		{"a delete removes it", func() { del(t, cli, layout.NodeKey("n1")) },
+			func(s *Snapshot) bool { _, ok := s.NodeLeases["n1"]; return !ok && len(s.NodeLeases) == 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.do()
+			waitFor(t, sub, tc.name, tc.check)
+		})
 	}
 }
