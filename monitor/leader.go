@@ -304,12 +304,12 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 	id := strings.TrimPrefix(key, m.layout.RequestsPrefix())
 	var req monitorapi.Request
 	if err := json.Unmarshal(kv.Value, &req); err != nil {
-		return m.respond(ctx, l, key, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil, nil, nil)
+		return m.respond(ctx, l, kv, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil, nil, nil)
 	}
 	resp := &monitorapi.Response{Op: req.Op, DryRun: req.DryRun}
 	if err := req.Validate(); err != nil {
 		resp.Error = err.Error()
-		return m.respond(ctx, l, key, id, nil, resp, nil, nil, nil, nil)
+		return m.respond(ctx, l, kv, id, nil, resp, nil, nil, nil, nil)
 	}
 	log := m.log.With(zap.String("request", id), zap.String("op", req.Op), zap.String("from", req.From), zap.Bool("dry_run", req.DryRun))
 	for attempt := 0; ; attempt++ {
@@ -335,7 +335,7 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		if errors.Is(err, planner.ErrNoEligibleNode) {
 			resp.Error = fmt.Sprintf("%v: the assignment is left as it is", err)
 			log.Warn("request refused", zap.String("error", resp.Error))
-			return m.respond(ctx, l, key, id, nil, resp, nil, nil, nil, nil)
+			return m.respond(ctx, l, kv, id, nil, resp, nil, nil, nil, nil)
 		}
 		if err != nil {
 			return err // etcd trouble: the request stays, and is tried again
@@ -359,7 +359,11 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		if !req.DryRun {
 			consume, guards = d.deleteReleased, d.guards
 		}
-		err = m.respond(ctx, l, key, id, snap, resp, next, newSettings, consume, guards)
+		err = m.respond(ctx, l, kv, id, snap, resp, next, newSettings, consume, guards)
+		if errors.Is(err, errStale) && m.withdrawn(ctx, kv) {
+			log.Info("request withdrawn by its sender before it was carried out; nothing done")
+			return nil
+		}
 		if errors.Is(err, errStale) && attempt < 5 {
 			continue // plan again on the newer state
 		}
@@ -428,7 +432,7 @@ func movesPerNode(moves []schema.Move) map[string]monitorapi.NodeMoves {
 // in one fenced transaction (with the decision's guards). With snap nil
 // (an answer that changes nothing and was not planned, e.g. a refusal)
 // only leadership is checked.
-func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string, snap *watch.Snapshot,
+func (m *monitor) respond(ctx context.Context, l *leadership, req *mvccpb.KeyValue, id string, snap *watch.Snapshot,
 	resp *monitorapi.Response, next *schema.Assignment, settings *schema.Settings, more []clientv3.Op, guards []clientv3.Cmp) error {
 	resp.ID, resp.Leader = id, m.id
 	body, _ := json.Marshal(resp)
@@ -438,13 +442,32 @@ func (m *monitor) respond(ctx context.Context, l *leadership, reqKey, id string,
 	if err != nil {
 		return fmt.Errorf("answer request %s: %w", id, err)
 	}
+	reqKey := string(req.Key)
 	ops := []clientv3.Op{
 		clientv3.OpPut(m.layout.ResponsesPrefix()+id, string(body), clientv3.WithLease(lease.ID)),
 		clientv3.OpDelete(reqKey),
 	}
 	ops = append(ops, more...)
+	// The request must still be there: a sender that gave up revokes it,
+	// and a withdrawn request is not carried out.
+	guards = append(guards, clientv3.Compare(clientv3.CreateRevision(reqKey), "=", req.CreateRevision))
 	_, err = m.write(ctx, l, snap, next, settings, ops, guards...)
+	if err != nil {
+		// Not answered: the answer's lease would only linger.
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		m.cli.Revoke(rctx, lease.ID)
+		cancel()
+	}
 	return err
+}
+
+// withdrawn reports whether a request is gone from etcd (its sender gave
+// up and revoked it) or was replaced.
+func (m *monitor) withdrawn(ctx context.Context, req *mvccpb.KeyValue) bool {
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := m.cli.Get(gctx, string(req.Key))
+	return err == nil && (len(resp.Kvs) == 0 || resp.Kvs[0].CreateRevision != req.CreateRevision)
 }
 
 // freshSnapshot returns the watcher's snapshot once it includes our own
