@@ -104,3 +104,18 @@ func TestNodeState(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseReleased: never panics; what it accepts survives a round trip.
+func FuzzParseReleased(f *testing.F) {
+	f.Add([]byte(`{"from":"n1","epoch":12}`))
+	f.Add([]byte(`{"from":"","epoch":-1}`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r, err := ParseReleased(in)
+		if err != nil {
+			return
+		}
+		if again, err := ParseReleased(r.Encode()); err != nil || again != r {
+			t.Fatalf("round trip of %s: %+v %v", in, again, err)
+		}
+	})
+}
