@@ -30,8 +30,12 @@ type notification struct {
 	Buckets []string `json:"buckets"`
 }
 
-// notifier POSTs notifications in order; each is retried until it is
-// accepted (2xx) or the registrar stops, and later ones wait for it.
+// notifier POSTs notifications (protocol 1): always the latest state, with
+// gained and lost counted from the last state the server accepted. A
+// notification that fails is not retried as it was: after a back-off the
+// latest state is sent, so a server that refuses one (even for good, a
+// 4xx) does not block the later ones, and a slow server skips the states
+// it missed instead of receiving them one by one.
 type notifier struct {
 	url    string
 	nodeID string
@@ -50,24 +54,30 @@ func (n *notifier) run(ctx context.Context, w *watch.Watcher) {
 	}
 	sub := w.Subscribe()
 	defer sub.Close()
-	var last *schema.Assignment
+	var (
+		acked   *schema.Assignment // the last state the server accepted
+		backoff = n.retryMin
+		retry   <-chan time.Time
+	)
 	for {
-		var snap *watch.Snapshot
 		select {
 		case <-ctx.Done():
 			return
-		case snap = <-sub.C:
+		case <-sub.C:
+		case <-retry:
 		}
+		retry = nil
+		snap := w.Snapshot()
 		a := snap.Assignment
-		if a == nil || (last != nil && a.Version == last.Version) {
+		if a == nil || (acked != nil && a.Version == acked.Version) {
 			continue
 		}
 		msg := notification{NodeID: n.nodeID, Version: a.Version, Gained: []string{}, Lost: []string{}, Buckets: []string{}}
-		if last != nil {
-			msg.PreviousVersion = last.Version
+		if acked != nil {
+			msg.PreviousVersion = acked.Version
 		}
 		for b := range bucket.Count {
-			was := last != nil && last.Owners[b] == n.nodeID
+			was := acked != nil && acked.Owners[b] == n.nodeID
 			is := a.Owners[b] == n.nodeID
 			name := bucket.Bucket(b).String()
 			if is {
@@ -80,35 +90,20 @@ func (n *notifier) run(ctx context.Context, w *watch.Watcher) {
 				msg.Lost = append(msg.Lost, name)
 			}
 		}
-		if !n.deliver(ctx, msg) {
-			return
+		body, _ := json.Marshal(msg)
+		if err := n.post(ctx, body); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			n.log.Warn("notification refused; sending the latest state again after a back-off", zap.String("url", n.url),
+				zap.Int64("version", msg.Version), zap.Duration("retry_in", backoff), zap.Error(err))
+			retry = time.After(backoff)
+			backoff = min(2*backoff, n.retryMax)
+			continue
 		}
-		last = a
-	}
-}
-
-// deliver posts msg until it is accepted; false if ctx ended first.
-func (n *notifier) deliver(ctx context.Context, msg notification) bool {
-	body, _ := json.Marshal(msg)
-	backoff := n.retryMin
-	for attempt := 1; ; attempt++ {
-		err := n.post(ctx, body)
-		if err == nil {
-			n.log.Info("notified assignment change", zap.Int64("version", msg.Version),
-				zap.Int("gained", len(msg.Gained)), zap.Int("lost", len(msg.Lost)))
-			return true
-		}
-		if ctx.Err() != nil {
-			return false
-		}
-		n.log.Warn("notification failed; retrying", zap.String("url", n.url), zap.Int64("version", msg.Version),
-			zap.Int("attempt", attempt), zap.Duration("retry_in", backoff), zap.Error(err))
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, n.retryMax)
+		n.log.Info("notified assignment change", zap.Int64("version", msg.Version),
+			zap.Int("gained", len(msg.Gained)), zap.Int("lost", len(msg.Lost)))
+		acked, backoff = a, n.retryMin
 	}
 }
 

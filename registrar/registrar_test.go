@@ -265,7 +265,7 @@ func TestHealthGate(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, "registered again", func() bool { _, _, ok := getNode(t, cli, "n1"); return ok })
 }
 
-func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
+func TestNotifiesTheLatestStateWithRetries(t *testing.T) {
 	c := etcdtest.Start(t)
 	cli := c.Client(t)
 	var mu sync.Mutex
@@ -321,26 +321,96 @@ func TestNotifiesEveryChangeInOrderWithRetries(t *testing.T) {
 	a4.Owners[0x20] = "n3"
 	put(a4)
 
-	testutil.Eventually(t, 15*time.Second, "4 notifications", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) >= 4 })
+	// The server gets the latest state each time, with gained and lost
+	// counted from the last state it accepted: every accepted notification
+	// follows the one before, and applying them in order gives each one's
+	// buckets. Failed attempts are retried with the latest state, so a
+	// version may be skipped, but the last one (4) always arrives.
+	testutil.Eventually(t, 15*time.Second, "version 4 notified", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) > 0 && got[len(got)-1].Version == 4
+	})
 	mu.Lock()
 	defer mu.Unlock()
-	want := []notification{
-		{NodeID: "n1", Version: 1, PreviousVersion: 0, Gained: []string{"10"}, Lost: []string{}, Buckets: []string{"10"}},
-		{NodeID: "n1", Version: 2, PreviousVersion: 1, Gained: []string{"11", "ff"}, Lost: []string{}, Buckets: []string{"10", "11", "ff"}},
-		{NodeID: "n1", Version: 3, PreviousVersion: 2, Gained: []string{}, Lost: []string{"10"}, Buckets: []string{"11", "ff"}},
-		{NodeID: "n1", Version: 4, PreviousVersion: 3, Gained: []string{}, Lost: []string{}, Buckets: []string{"11", "ff"}},
+	held := map[string]bool{}
+	var prev int64
+	for i, g := range got {
+		if g.PreviousVersion != prev || g.NodeID != "n1" {
+			t.Fatalf("notification %d: %+v follows version %d", i, g, prev)
+		}
+		for _, b := range g.Gained {
+			held[b] = true
+		}
+		for _, b := range g.Lost {
+			delete(held, b)
+		}
+		if len(held) != len(g.Buckets) {
+			t.Fatalf("notification %d: gained/lost give %v, buckets %v", i, held, g.Buckets)
+		}
+		for _, b := range g.Buckets {
+			if !held[b] {
+				t.Fatalf("notification %d: gained/lost give %v, buckets %v", i, held, g.Buckets)
+			}
+		}
+		prev = g.Version
 	}
-	if len(got) != len(want) {
-		t.Fatalf("got %d notifications: %+v", len(got), got)
+	if last := got[len(got)-1]; strings.Join(last.Buckets, ",") != "11,ff" {
+		t.Fatalf("last notification %+v", last)
 	}
-	for i := range want {
-		g, _ := json.Marshal(got[i])
-		w, _ := json.Marshal(want[i])
-		if string(g) != string(w) {
-			t.Errorf("notification %d = %s; want %s", i, g, w)
+	if int(calls.Load()) <= len(got) {
+		t.Errorf("%d calls for %d notifications: failed attempts were not retried", calls.Load(), len(got))
+	}
+}
+
+// A server that refuses one notification for good (a 4xx) does not block
+// the later ones: the next state is sent, counted from the last accepted.
+func TestRefusedNotificationDoesNotBlockLaterOnes(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	var mu sync.Mutex
+	var got []notification
+	var refusedV2 atomic.Int32
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var n notification
+		json.NewDecoder(r.Body).Decode(&n)
+		if n.Version == 2 {
+			refusedV2.Add(1)
+			http.Error(w, "no", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		got = append(got, n)
+		mu.Unlock()
+	}))
+	defer receiver.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	put := func(v int64, n1 ...int) {
+		a := &schema.Assignment{Version: v}
+		for b := range a.Owners {
+			a.Owners[b] = "n2"
+		}
+		for _, b := range n1 {
+			a.Owners[b] = "n1"
+		}
+		if _, err := cli.Put(ctx, testLayout.AssignmentKey(), string(a.Encode())); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if calls.Load() < 6 {
-		t.Errorf("only %d calls: failed attempts were not retried", calls.Load())
+	put(1, 0x10)
+	s := testSettings(c, "n1", 5*time.Second)
+	s.notifyURL, s.notifyProtocol = receiver.URL, 1
+	startRegistrar(t, s)
+	testutil.Eventually(t, 10*time.Second, "version 1 notified", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 1 })
+	put(2, 0x10, 0x11)
+	testutil.Eventually(t, 10*time.Second, "version 2 refused twice", func() bool { return refusedV2.Load() >= 2 })
+	put(3, 0x11, 0x12)
+	testutil.Eventually(t, 10*time.Second, "version 3 notified", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	g := got[1]
+	if g.Version != 3 || g.PreviousVersion != 1 || strings.Join(g.Gained, ",") != "11,12" || strings.Join(g.Lost, ",") != "10" {
+		t.Fatalf("after the refusal: %+v", g)
 	}
 }

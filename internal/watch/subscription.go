@@ -2,19 +2,22 @@ package watch
 
 import "sync"
 
-// Subscription delivers every published snapshot, in order, on C. The
+// Subscription delivers the published snapshots, in order, on C. The
 // watcher never waits for a slow subscriber: snapshots queue up per
-// subscriber until they are received.
+// subscriber until they are received, at most MaxQueued of them; a
+// subscriber further behind skips the oldest. Each snapshot is a whole
+// state, so a skip loses only intermediate states, never the latest.
 type Subscription struct {
 	C <-chan *Snapshot
 
-	c      chan *Snapshot
-	mu     sync.Mutex
-	queue  []*Snapshot
-	wake   chan struct{} // buffered 1: "the queue grew"
-	done   chan struct{}
-	closer sync.Once
-	remove func()
+	c       chan *Snapshot
+	mu      sync.Mutex
+	queue   []*Snapshot
+	skipped int           // snapshots dropped because the queue was full
+	wake    chan struct{} // buffered 1: "the queue grew"
+	done    chan struct{}
+	closer  sync.Once
+	remove  func()
 }
 
 func newSubscription(remove func()) *Subscription {
@@ -29,8 +32,17 @@ func newSubscription(remove func()) *Subscription {
 	return s
 }
 
+// MaxQueued bounds each subscriber's queue.
+const MaxQueued = 1024
+
 func (s *Subscription) push(snap *Snapshot) {
 	s.mu.Lock()
+	if len(s.queue) >= MaxQueued {
+		n := copy(s.queue, s.queue[len(s.queue)-MaxQueued+1:])
+		clear(s.queue[n:])
+		s.queue = s.queue[:n]
+		s.skipped++
+	}
 	s.queue = append(s.queue, snap)
 	s.mu.Unlock()
 	select {
@@ -72,4 +84,12 @@ func (s *Subscription) Close() {
 		s.remove()
 		close(s.done)
 	})
+}
+
+// Skipped says how many snapshots this subscriber missed by falling more
+// than MaxQueued behind.
+func (s *Subscription) Skipped() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.skipped
 }
