@@ -30,6 +30,10 @@ type monitor struct {
 	sessionTTL int // seconds: how long a dead leader blocks a new one
 	log        *zap.Logger
 
+	// rebalanceAfter: even out bucket counts once the live nodes have not
+	// changed for this long (0: only on request or with auto-rebalance).
+	rebalanceAfter time.Duration
+
 	// limits throttle handoffs and bound how long a release may take;
 	// cooldownFor is how long a bucket rests after an aborted handoff.
 	limits      handoff.Limits
@@ -40,9 +44,11 @@ type monitor struct {
 	leases *leaseBook
 
 	// state kept across leaderships, touched only by the run goroutine
-	firstNodesSeen time.Time
-	noNodesLogged  bool
-	cooldown       map[bucket.Bucket]time.Time // bucket -> no new handoff before
+	firstNodesSeen  time.Time
+	noNodesLogged   bool
+	membership      string                      // the live node ids, as last seen
+	membershipSince time.Time                   // since when they are unchanged
+	cooldown        map[bucket.Bucket]time.Time // bucket -> no new handoff before
 	// held are the unregistered nodes whose buckets stay (their lease
 	// lives), with that lease, so that each hold is logged once.
 	held map[string]clientv3.LeaseID

@@ -176,16 +176,23 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 		return 0, nil
 	}
 	m.noNodesLogged = false
-	if cur == nil {
-		if m.firstNodesSeen.IsZero() {
-			m.firstNodesSeen = time.Now()
-		}
+	if m.firstNodesSeen.IsZero() {
+		m.firstNodesSeen = time.Now()
+	}
+	// For -settle after nodes appear (this monitor's start, or the first
+	// node back after none was live: a whole-cluster restart longer than
+	// the TTL), wait for the servers that start together, so that they
+	// share evenly and each gets its own buckets back rather than the
+	// first one back getting them all.
+	if time.Since(m.firstNodesSeen) < m.settle {
 		if wait := m.settle - time.Since(m.firstNodesSeen); wait > 0 {
-			m.log.Info("first assignment: waiting for more nodes to register", zap.Strings("live", live), zap.Duration("in", wait))
+			m.log.Info("waiting for more nodes to register before assigning", zap.Bool("first_assignment", cur == nil),
+				zap.Strings("live", live), zap.Duration("in", wait))
 			return wait, nil
 		}
 	}
-	d, err := m.decide(ctx, snap, cur, snap.Settings, snap.Settings.AutoRebalance, repair)
+	rebalance, balanceWait := m.balanceDue(live, snap.Settings.AutoRebalance)
+	d, err := m.decide(ctx, snap, cur, snap.Settings, rebalance, repair)
 	if errors.Is(err, planner.ErrNoEligibleNode) {
 		// Nothing new starts, but the moves in progress still commit or
 		// abort (d advances them).
@@ -200,7 +207,7 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 		if len(d.deleteReleased) > 0 { // stale acknowledgements only
 			_, err = m.write(ctx, l, snap, nil, nil, d.deleteReleased, d.guards...)
 		}
-		return m.nextWake(cur, d.wake), err
+		return minWait(m.nextWake(cur, d.wake), balanceWait), err
 	}
 	rev, err := m.write(ctx, l, snap, d.next, nil, d.deleteReleased, d.guards...)
 	if err != nil {
@@ -209,7 +216,41 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 	m.afterWrite(d)
 	m.logChange("assignment updated", cur, d.next, d.plan, rev, repair)
 	m.logStep(d)
-	return m.nextWake(d.next, d.wake), nil
+	return minWait(m.nextWake(d.next, d.wake), balanceWait), nil
+}
+
+// balanceDue says whether this round should even out bucket counts: with
+// auto-rebalance, always; otherwise once the set of live nodes has not
+// changed for rebalanceAfter (a node that joined, or came back after a
+// clean stop, then gets its share; during a rolling restart nothing is
+// evened until the last node is back). It returns how long until that is
+// due, 0 if it is due or disabled.
+func (m *monitor) balanceDue(live []string, auto bool) (bool, time.Duration) {
+	key := strings.Join(live, "\x00")
+	if key != m.membership {
+		m.membership, m.membershipSince = key, time.Now()
+	}
+	if auto {
+		return true, 0
+	}
+	if m.rebalanceAfter <= 0 {
+		return false, 0
+	}
+	if wait := m.rebalanceAfter - time.Since(m.membershipSince); wait > 0 {
+		return false, wait
+	}
+	return true, 0
+}
+
+// minWait is the earlier of two waits, 0 meaning none.
+func minWait(a, b time.Duration) time.Duration {
+	switch {
+	case a == 0:
+		return b
+	case b == 0:
+		return a
+	}
+	return min(a, b)
 }
 
 func (m *monitor) logChange(msg string, cur, next *schema.Assignment, plan *planner.Plan, rev int64, repair bool) {

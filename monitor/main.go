@@ -254,6 +254,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&limits.MaxMoving, "max-moving", limits.MaxMoving, "most handoffs in progress in the cluster")
 	fs.IntVar(&limits.MaxMovingPerNode, "max-moving-per-node", limits.MaxMovingPerNode, "most handoffs in progress per node (as source or target)")
 	cooldown := fs.Duration("handoff-cooldown", 2*time.Minute, "after an aborted handoff, how long the bucket rests before it is tried again")
+	rebalanceAfter := fs.Duration("rebalance-after", 2*time.Minute, "even out bucket counts once the live nodes are unchanged this long (0: only on request)")
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -267,7 +268,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	if *interval <= 0 || *settle < 0 || *sessionTTL < time.Second {
 		return usage.Errorf("-interval must be positive, -settle not negative, -session-ttl at least 1s")
 	}
-	if limits.Timeout <= 0 || limits.MaxMoving < 1 || limits.MaxMovingPerNode < 1 || *cooldown < 0 {
+	if limits.Timeout <= 0 || limits.MaxMoving < 1 || limits.MaxMovingPerNode < 1 || *cooldown < 0 || *rebalanceAfter < 0 {
 		return usage.Errorf("-handoff-timeout must be positive, -max-moving and -max-moving-per-node at least 1, -handoff-cooldown not negative")
 	}
 	log, err := logging.New(c.logLevel, c.logJSON, stderr)
@@ -286,7 +287,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	m := &monitor{
 		cli: cli, layout: c.layout, watcher: w, id: *id, interval: *interval, settle: *settle,
 		sessionTTL: int((*sessionTTL + time.Second - 1) / time.Second), log: log.With(zap.String("monitor", *id)),
-		limits: limits, cooldownFor: *cooldown, cooldown: map[bucket.Bucket]time.Time{},
+		limits: limits, cooldownFor: *cooldown, rebalanceAfter: *rebalanceAfter, cooldown: map[bucket.Bucket]time.Time{},
 	}
 	m.log.Info("monitor starting", zap.Strings("etcd", c.etcd.Endpoints), zap.String("prefix", c.layout.Prefix))
 	return m.run(ctx)

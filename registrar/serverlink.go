@@ -363,6 +363,11 @@ func (l *serverLink) acknowledge(ctx context.Context, lease clientv3.LeaseID, re
 			if !moving || m.From != l.nodeID {
 				continue // ended meanwhile
 			}
+			if r, ok := snap.Released[b]; ok && r.Matches(m) {
+				// Acknowledged already: writing it again would change the
+				// key's revision under the monitor's commit, which compares it.
+				continue
+			}
 			ops = append(ops, clientv3.OpPut(l.layout.ReleasedKey(b),
 				string(schema.Released{From: l.nodeID, Epoch: m.Epoch}.Encode()), clientv3.WithLease(lease)))
 			names = append(names, name)

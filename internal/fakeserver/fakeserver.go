@@ -99,6 +99,7 @@ type Server struct {
 
 // holding is one held bucket.
 type holding struct {
+	name      string // the bucket
 	epoch     int64
 	releasing bool
 	dirty     bool
@@ -214,6 +215,12 @@ func (s *Server) echo(w http.ResponseWriter, r *http.Request, h *holding) {
 	defer c.Close()
 	if h != nil {
 		s.mu.Lock()
+		if h.releasing || s.held[h.name] != h {
+			// Released (or fenced) while the handshake ran: the release
+			// closed the sockets it knew; this one must not outlive it.
+			s.mu.Unlock()
+			return
+		}
 		if h.sockets == nil {
 			h.sockets = map[*websocket.Conn]struct{}{}
 		}
@@ -399,7 +406,7 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 // acquire starts holding a bucket; s.mu is held.
 func (s *Server) acquire(name string, epoch int64) {
 	s.log = append(s.log, Interval{Server: s.cfg.Name, Kind: "hold", Bucket: name, Epoch: epoch, Start: time.Now()})
-	s.held[name] = &holding{epoch: epoch, logIndex: len(s.log) - 1, done: make(chan struct{})}
+	s.held[name] = &holding{name: name, epoch: epoch, logIndex: len(s.log) - 1, done: make(chan struct{})}
 }
 
 // release gives up one bucket: new requests are already refused; close its
@@ -408,13 +415,8 @@ func (s *Server) acquire(name string, epoch int64) {
 // is taken again.
 func (s *Server) release(h *holding) {
 	s.mu.Lock()
-	name := ""
-	for n, x := range s.held {
-		if x == h {
-			name = n
-		}
-	}
-	if name == "" {
+	name := h.name
+	if s.held[name] != h {
 		s.mu.Unlock()
 		return
 	}
