@@ -137,6 +137,14 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 		for _, id := range st.GoneOwners() {
 			d.guards = append(d.guards, clientv3.Compare(clientv3.CreateRevision(m.layout.NodeKey(id)), "=", 0))
 		}
+		// And a node it gives buckets to must still be registered as it was
+		// in the snapshot: one that left (or left and came back) meanwhile
+		// makes the write fail, and the next round plans on the news.
+		for _, id := range st.Receivers() {
+			if rev, ok := snap.NodeCreateRevisions[id]; ok {
+				d.guards = append(d.guards, clientv3.Compare(clientv3.CreateRevision(m.layout.NodeKey(id)), "=", rev))
+			}
+		}
 		d.next = st.Next
 		d.next.Version = base.Version + 1
 		d.next.NextEpochs(cur)

@@ -436,3 +436,46 @@ func put(t *testing.T, cli *clientv3.Client, key string, value []byte) {
 		t.Fatal(err)
 	}
 }
+
+// A decision that gives buckets to a node is written only while that node
+// is registered as the snapshot saw it: if it left meanwhile (its key is
+// gone, or was written again under a new lease), the write fails and the
+// next round plans on the news.
+func TestDecisionFailsWhenAReceiverLeftMeanwhile(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		comesBack bool // the receiver registers again at once (a new key)
+	}{
+		{"the receiver left", false},
+		{"the receiver left and came back", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := etcdtest.Start(t)
+			cli := c.Client(t)
+			l1 := registerNode(t, cli, "n1")
+			l2 := registerNode(t, cli, "n2")
+			d := startDirect(t, c)
+			a := twoNodeAssignment(5)
+			putAssignment(t, cli, a)
+			d.snapshotWhere(t, "the assignment", func(s *watch.Snapshot) bool { return s.Assignment != nil && len(s.Nodes) == 2 })
+			if _, err := cli.Revoke(ctxT(t), l1); err != nil { // n1's buckets go to n2
+				t.Fatal(err)
+			}
+			gone := d.snapshotWhere(t, "n1 gone", func(s *watch.Snapshot) bool { _, ok := s.Nodes["n1"]; return !ok })
+			d.stopBook()
+			if _, err := cli.Revoke(ctxT(t), l2); err != nil { // and n2 leaves before the write
+				t.Fatal(err)
+			}
+			if tc.comesBack {
+				registerNode(t, cli, "n2")
+			}
+			if _, err := d.m.reconcile(ctxT(t), d.l, gone); !errors.Is(err, errStale) {
+				got := getAssignment(t, cli)
+				t.Fatalf("reconcile gave n1's buckets to n2 after n2 left: %v; version %d -> %d", err, a.Version, got.Version)
+			}
+			if got := getAssignment(t, cli); got.Version != a.Version {
+				t.Fatalf("written: version %d", got.Version)
+			}
+		})
+	}
+}

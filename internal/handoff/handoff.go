@@ -240,6 +240,20 @@ func (s *Step) GoneOwners() []string {
 	return slices.Sorted(maps.Keys(gone))
 }
 
+// Receivers lists the nodes a step gives buckets to (direct moves,
+// commits, started and re-targeted moves), in order.
+func (s *Step) Receivers() []string {
+	to := map[string]bool{}
+	for _, ms := range [][]schema.Move{s.Direct, s.Committed, s.Started, s.Retargeted} {
+		for _, mv := range ms {
+			if mv.To != "" {
+				to[mv.To] = true
+			}
+		}
+	}
+	return slices.Sorted(maps.Keys(to))
+}
+
 func (st *Step) commit(mv schema.Move) {
 	st.Next.Owners[mv.Bucket] = mv.To
 	delete(st.Next.Moving, mv.Bucket)

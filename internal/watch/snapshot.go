@@ -28,6 +28,11 @@ type Snapshot struct {
 	// (by hand), so a vanished key alone does not prove that a node's lease
 	// ended: the monitor asks etcd about the last lease it saw.
 	NodeLeases map[string]clientv3.LeaseID
+	// NodeCreateRevisions holds the create revision of every node key in
+	// etcd now (valid value or not); never nil. A writer that gives a node
+	// buckets compares it, so a node that left (or left and came back)
+	// since the snapshot makes the write fail.
+	NodeCreateRevisions map[string]int64
 	// Assignment is the last valid assignment; nil if there has been none
 	// since the watcher started (the key was never written, or held no
 	// valid value). A deleted assignment key does not clear it: the last
@@ -69,7 +74,7 @@ type ReleasedKey struct {
 // EmptySnapshot is the state of a cluster with nothing in etcd.
 func EmptySnapshot() *Snapshot {
 	return &Snapshot{Nodes: map[string]schema.Node{}, NodeErrors: map[string]error{},
-		NodeLeases: map[string]clientv3.LeaseID{}, Released: map[bucket.Bucket]ReleasedKey{}}
+		NodeLeases: map[string]clientv3.LeaseID{}, NodeCreateRevisions: map[string]int64{}, Released: map[bucket.Bucket]ReleasedKey{}}
 }
 
 // clone copies the maps, so that the copy can be changed and published.
@@ -78,6 +83,7 @@ func (s *Snapshot) clone() *Snapshot {
 	c.Nodes = maps.Clone(s.Nodes)
 	c.NodeErrors = maps.Clone(s.NodeErrors)
 	c.NodeLeases = maps.Clone(s.NodeLeases)
+	c.NodeCreateRevisions = maps.Clone(s.NodeCreateRevisions)
 	c.Released = maps.Clone(s.Released)
 	return &c
 }
@@ -91,6 +97,7 @@ func (s *Snapshot) sameState(o *Snapshot) bool {
 		errText(s.SettingsError) == errText(o.SettingsError) &&
 		maps.Equal(s.Nodes, o.Nodes) &&
 		maps.Equal(s.NodeLeases, o.NodeLeases) &&
+		maps.Equal(s.NodeCreateRevisions, o.NodeCreateRevisions) &&
 		maps.Equal(s.Released, o.Released) &&
 		maps.EqualFunc(s.NodeErrors, o.NodeErrors, func(a, b error) bool { return errText(a) == errText(b) })
 }

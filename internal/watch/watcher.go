@@ -372,6 +372,7 @@ func (w *Watcher) applyPut(prev, next *Snapshot, kv *mvccpb.KeyValue) bool {
 			w.log.Warn("ignoring malformed node key", zap.String("key", key))
 			return false
 		}
+		next.NodeCreateRevisions[id] = kv.CreateRevision
 		n, err := schema.ParseNode(id, kv.Value)
 		if err != nil {
 			delete(next.Nodes, id)
@@ -430,6 +431,7 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 		delete(next.Nodes, id)
 		delete(next.NodeErrors, id)
 		delete(next.NodeLeases, id)
+		delete(next.NodeCreateRevisions, id)
 		return true
 	}
 	if b, ok := l.BucketFromReleasedKey(key); ok {
