@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,52 +27,11 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-func startProc(t *testing.T, name, bin string, env []string, args ...string) *proc {
+// signalAndWait sends sig and waits (10 s at most) for the program to exit.
+func signalAndWait(t *testing.T, p *testutil.Process, sig syscall.Signal) {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() {
-			t.Logf("--- output of %s:\n%s", p.name, p.out)
-		}
-	})
-	return p
-}
-
-func (p *proc) signal(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("%s did not exit after %v", p.name, sig)
-	}
+	p.Signal(sig)
+	p.Wait(t, 10*time.Second)
 }
 
 // buildRegistrar builds the registrar program once per test run.
@@ -104,11 +61,11 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	c := etcdtest.Start(t)
 	cli := c.Client(t)
 	etcd := "-etcd=" + strings.Join(c.Endpoints(), ",")
-	startRegistrar := func(id string) *proc {
-		return startProc(t, id, registrar, nil, etcd, "-node-id", id, "-ttl", "3s",
+	startRegistrar := func(id string) *testutil.Process {
+		return testutil.StartProcess(t, id, registrar, nil, etcd, "-node-id", id, "-ttl", "3s",
 			"-node-url", "https://"+id+".example.com/", "-local-node-url", "http://127.0.0.1:9/"+id+"/")
 	}
-	regs := map[string]*proc{}
+	regs := map[string]*testutil.Process{}
 	for _, id := range []string{"s1", "s2", "s3"} {
 		regs[id] = startRegistrar(id)
 	}
@@ -116,9 +73,9 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	monArgs := func(id string) []string {
 		return []string{"run", etcd, "-id", id, "-settle", "1s", "-interval", "1s", "-session-ttl", "2s"}
 	}
-	mons := map[string]*proc{
-		"mon-a": startProc(t, "mon-a", os.Args[0], monEnv, monArgs("mon-a")...),
-		"mon-b": startProc(t, "mon-b", os.Args[0], monEnv, monArgs("mon-b")...),
+	mons := map[string]*testutil.Process{
+		"mon-a": testutil.StartProcess(t, "mon-a", os.Args[0], monEnv, monArgs("mon-a")...),
+		"mon-b": testutil.StartProcess(t, "mon-b", os.Args[0], monEnv, monArgs("mon-b")...),
 	}
 
 	// All 256 buckets assigned 86/85/85.
@@ -131,7 +88,7 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	// registrar acknowledges at once: no -notify-url), then its key goes.
 	// Nothing else moved.
 	start := time.Now()
-	regs["s2"].signal(t, syscall.SIGTERM)
+	signalAndWait(t, regs["s2"], syscall.SIGTERM)
 	second, _ := waitAssignment(t, cli, "s2's buckets moved", func(a *schema.Assignment) bool { return len(a.Owned("s2")) == 0 && settled(a) })
 	took := time.Since(start)
 	t.Logf("SIGTERM to every bucket handed off: %v (version %d -> %d)", took, first.Version, second.Version)
@@ -146,7 +103,7 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	if len(schema.Diff(first, second)) != len(first.Owned("s2")) {
 		t.Fatalf("version %d -> %d, %d moves", first.Version, second.Version, len(schema.Diff(first, second)))
 	}
-	if code := regs["s2"].cmd.ProcessState.ExitCode(); code != 0 {
+	if code := regs["s2"].Cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("s2 exited with %d", code)
 	}
 	if resp, err := cli.Get(ctxT(t), layout.NodeKey("s2")); err != nil || len(resp.Kvs) != 0 {
@@ -185,8 +142,8 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	// Kill the leading monitor: the other carries on.
 	leader, _ := monitorapi.Leader(ctxT(t), cli, layout)
 	other := map[string]string{"mon-a": "mon-b", "mon-b": "mon-a"}[leader]
-	mons[leader].signal(t, syscall.SIGKILL)
-	regs["s3"].signal(t, syscall.SIGTERM)
+	signalAndWait(t, mons[leader], syscall.SIGKILL)
+	signalAndWait(t, regs["s3"], syscall.SIGTERM)
 	fourth, took := waitAssignment(t, cli, "s3's buckets moved by the other monitor", func(a *schema.Assignment) bool {
 		return len(a.Owned("s3")) == 0
 	})

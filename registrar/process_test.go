@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,39 +24,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-type process struct {
-	cmd    *exec.Cmd
-	stderr *bytes.Buffer
-	done   chan error
-}
-
-func startProcess(t *testing.T, args ...string) *process {
+// startProcess runs this test binary as the registrar.
+func startProcess(t *testing.T, args ...string) *testutil.Process {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], args...)
-	cmd.Env = append(os.Environ(), "REGISTRAR_RUN_AS_MAIN=1")
-	p := &process{cmd: cmd, stderr: &bytes.Buffer{}, done: make(chan error, 1)}
-	cmd.Stderr = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-p.done
-	})
-	return p
-}
-
-func (p *process) wait(t *testing.T, d time.Duration) int {
-	t.Helper()
-	select {
-	case <-p.done:
-		p.done <- nil // for the cleanup
-		return p.cmd.ProcessState.ExitCode()
-	case <-time.After(d):
-		t.Fatalf("process still running after %v; stderr:\n%s", d, p.stderr)
-		return -1
-	}
+	return testutil.StartProcess(t, "registrar", os.Args[0], []string{"REGISTRAR_RUN_AS_MAIN=1"}, args...)
 }
 
 func TestProcessDocumentedConfigThenSIGTERM(t *testing.T) {
@@ -73,11 +42,11 @@ func TestProcessDocumentedConfigThenSIGTERM(t *testing.T) {
 		t.Fatalf("registered %+v", n)
 	}
 	// Gone within 1s of SIGTERM.
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.Signal(syscall.SIGTERM)
 	took := testutil.Eventually(t, time.Second, "key removed after SIGTERM", func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return !ok })
 	t.Logf("key gone %v after SIGTERM", took)
-	if code := p.wait(t, 5*time.Second); code != 0 {
-		t.Fatalf("exit code %d after SIGTERM; stderr:\n%s", code, p.stderr)
+	if code := p.Wait(t, 5*time.Second); code != 0 {
+		t.Fatalf("exit code %d after SIGTERM; stderr:\n%s", code, p.Output())
 	}
 }
 
@@ -88,7 +57,7 @@ func TestProcessSIGKILLExpiresAfterTTL(t *testing.T) {
 	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","), "-ttl", "3s")
 	testutil.Eventually(t, 10*time.Second, "registered", func() bool { _, _, ok, err := readNode(t, cli, "dtable-server-01"); return err == nil && ok })
 	time.Sleep(1500 * time.Millisecond) // let a keep-alive renew the lease
-	p.cmd.Process.Kill()
+	p.Kill()
 	took := testutil.Eventually(t, 4*time.Second, "key expired within TTL + 1s after SIGKILL",
 		func() bool { _, _, ok := getNode(t, cli, "dtable-server-01"); return !ok })
 	t.Logf("key gone %v after SIGKILL (TTL 3s)", took)
@@ -104,21 +73,21 @@ func TestProcessConflictExitsOne(t *testing.T) {
 	cli.Put(ctx, testLayout.NodeKey("dtable-server-01"), string(other.Encode()), clientv3.WithLease(lease.ID))
 	cfg := writeFile(t, "dtable_server_config.json", documentedConfig)
 	p := startProcess(t, "-config", cfg, "-etcd", strings.Join(c.Endpoints(), ","))
-	if code := p.wait(t, 10*time.Second); code != 1 {
+	if code := p.Wait(t, 10*time.Second); code != 1 {
 		t.Fatalf("exit code %d; want 1", code)
 	}
-	if !strings.Contains(p.stderr.String(), "Two servers must not share node_id \"dtable-server-01\"") {
-		t.Fatalf("stderr lacks a clear message:\n%s", p.stderr)
+	if !strings.Contains(p.Output(), "Two servers must not share node_id \"dtable-server-01\"") {
+		t.Fatalf("stderr lacks a clear message:\n%s", p.Output())
 	}
 }
 
 func TestProcessBadConfigExitsTwo(t *testing.T) {
 	cfg := writeFile(t, "dtable_server_config.json", strings.Replace(documentedConfig, `"node_url": "https://`, `"node_url": "`, 1))
 	p := startProcess(t, "-config", cfg)
-	if code := p.wait(t, 10*time.Second); code != 2 {
+	if code := p.Wait(t, 10*time.Second); code != 2 {
 		t.Fatalf("exit code %d; want 2", code)
 	}
-	if !strings.Contains(p.stderr.String(), "dtable_server_config.json:5: node_url") {
-		t.Fatalf("stderr = %s", p.stderr)
+	if !strings.Contains(p.Output(), "dtable_server_config.json:5: node_url") {
+		t.Fatalf("stderr = %s", p.Output())
 	}
 }

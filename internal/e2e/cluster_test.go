@@ -20,7 +20,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -88,7 +87,7 @@ type cluster struct {
 	etcd    *etcdtest.Etcd
 	cli     *clientv3.Client
 	servers map[string]*server
-	mons    map[string]*proc
+	mons    map[string]*testutil.Process
 	// handoffs records, per committed move seen in etcd, the time from
 	// its start to its commit.
 	handoffs struct {
@@ -103,7 +102,7 @@ type server struct {
 	fake  *fakeserver.Server
 	http  *httptest.Server
 	relay *relay // the registrar's way to etcd, which a test can cut
-	reg   *proc
+	reg   *testutil.Process
 }
 
 type options struct {
@@ -119,7 +118,7 @@ func newCluster(t *testing.T, o options) *cluster {
 	portsOnce.Do(func() {
 		adminPort, proxyPort, httpPort = testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
 	})
-	c := &cluster{t: t, etcd: etcdtest.Start(t), servers: map[string]*server{}, mons: map[string]*proc{}}
+	c := &cluster{t: t, etcd: etcdtest.Start(t), servers: map[string]*server{}, mons: map[string]*testutil.Process{}}
 	c.cli = c.etcd.Client(t)
 	for i := 1; i <= o.servers; i++ {
 		name := fmt.Sprintf("s%d", i)
@@ -134,7 +133,7 @@ func newCluster(t *testing.T, o options) *cluster {
 		name := fmt.Sprintf("mon-%c", 'a'+i)
 		args := append([]string{"-etcd", strings.Join(c.etcd.Endpoints(), ","), "-id", name, "-settle", "1s",
 			"-interval", "500ms", "-session-ttl", "2s"}, o.monArgs...)
-		c.mons[name] = startProc(t, name, monitorBin, args...)
+		c.mons[name] = testutil.StartProcess(t, name, monitorBin, nil, args...)
 	}
 	c.loadCaddy()
 	c.followHandoffs()
@@ -154,7 +153,7 @@ func newCluster(t *testing.T, o options) *cluster {
 }
 
 func (c *cluster) startRegistrar(s *server) {
-	s.reg = startProc(c.t, "registrar-"+s.name, registrarBin,
+	s.reg = testutil.StartProcess(c.t, "registrar-"+s.name, registrarBin, nil,
 		"-etcd", s.relay.addr, "-node-id", s.name, "-node-url", "https://"+s.name+".example.com/",
 		"-local-node-url", s.http.URL+"/", "-notify-url", s.http.URL+fakeserver.NotifyPath,
 		"-ttl", ttl.String(), "-shutdown-timeout", "30s", "-release-timeout", "10s")
@@ -334,56 +333,6 @@ func (l *load) report(t *testing.T) {
 	t.Logf("load: %d requests, %d failed", l.sent.Load(), l.failed.Load())
 	if l.failed.Load() > 0 {
 		t.Errorf("%d of %d requests failed; first: %v", l.failed.Load(), l.sent.Load(), l.failures)
-	}
-}
-
-// proc is a program the test started.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncBuffer
-	done chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-func startProc(t *testing.T, name, bin string, args ...string) *proc {
-	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.done
-		if t.Failed() && os.Getenv("E2E_LOGS") != "" {
-			t.Logf("--- output of %s:\n%s", p.name, p.out)
-		}
-	})
-	return p
-}
-
-func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
-
-func (p *proc) wait(t *testing.T, d time.Duration) {
-	t.Helper()
-	select {
-	case <-p.done:
-	case <-time.After(d):
-		t.Fatalf("%s did not exit within %v", p.name, d)
 	}
 }
 

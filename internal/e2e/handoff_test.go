@@ -84,7 +84,7 @@ func TestCrashedServerBucketsServedAgainWithinTTL(t *testing.T) {
 	c := newCluster(t, options{servers: 3, monitors: 1})
 	victim := c.servers["s3"]
 	owned := c.assignment().Owned("s3")
-	victim.reg.cmd.Process.Kill()
+	victim.reg.Kill()
 	victim.http.Close()
 	crashed := time.Now()
 	probe := owned[0]
@@ -195,7 +195,7 @@ func TestLeaderKilledMidRebalance(t *testing.T) {
 	}
 	leader := c.mons[resp.Leader]
 	c.waitAssignment("some moves committed", 30*time.Second, func(a *schema.Assignment) bool { return len(a.Owned("s1")) < 250 })
-	leader.cmd.Process.Kill()
+	leader.Kill()
 	t.Logf("killed the leader %s mid-rebalance", resp.Leader)
 	a := c.waitAssignment("rebalance finished by the other monitor", 60*time.Second, func(a *schema.Assignment) bool {
 		return settled(a) && len(a.Owned("s1")) == 86
@@ -234,8 +234,8 @@ func TestHandoffsUnderLoad(t *testing.T) {
 		}},
 		{"clean stop", func(t *testing.T, c *cluster) {
 			s := c.servers["s2"]
-			s.reg.signal(syscall.SIGTERM)
-			s.reg.wait(t, 40*time.Second)
+			s.reg.Signal(syscall.SIGTERM)
+			s.reg.Wait(t, 40*time.Second)
 			a := c.assignment()
 			if len(a.Owned("s2")) != 0 {
 				t.Fatalf("s2 stopped still owning %d buckets", len(a.Owned("s2")))
