@@ -19,8 +19,10 @@
 package etcdclient
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -259,6 +261,25 @@ func (o *Options) New(log *zap.Logger) (*clientv3.Client, error) {
 
 // PoolKey returns a string that identifies these settings, for sharing one
 // client among users of the same cluster.
+//
+// The TLS files are part of the key by their contents, not only their
+// names: a certificate rotated in place gives a new key, so a config
+// reload connects with it instead of keeping the old client.
 func (o *Options) PoolKey() string {
-	return strings.Join([]string{strings.Join(o.Endpoints, ","), o.CACert, o.Cert, o.Key, o.User, o.Password}, "\x00")
+	return strings.Join([]string{strings.Join(o.Endpoints, ","), o.CACert, o.Cert, o.Key, o.User, o.Password,
+		fileDigest(o.CACert), fileDigest(o.Cert), fileDigest(o.Key)}, "\x00")
+}
+
+// fileDigest is a short digest of a file's contents ("" for no file; the
+// error's text if it cannot be read, so that a fix changes the key too).
+func fileDigest(path string) string {
+	if path == "" {
+		return ""
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "unreadable: " + err.Error()
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
 }

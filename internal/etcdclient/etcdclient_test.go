@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -273,6 +275,38 @@ func TestTLSAgainstEtcdRequiringClientCertificates(t *testing.T) {
 			if !tc.wantPutOK && err == nil {
 				t.Fatal("etcd accepted a client without a certificate")
 			}
+		})
+	}
+}
+
+// A certificate rotated in place changes the pool key, so a config reload
+// connects with the new one instead of keeping the client made with the old.
+func TestPoolKeyFollowsTheTLSFilesContents(t *testing.T) {
+	dir := t.TempDir()
+	cert := filepath.Join(dir, "client.pem")
+	write := func(s string) {
+		if err := os.WriteFile(cert, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("old certificate")
+	o := Options{Endpoints: []string{"127.0.0.1:2379"}, Cert: cert, Key: cert}
+	before := o.PoolKey()
+	for _, tc := range []struct {
+		name   string
+		change func()
+		same   bool
+	}{
+		{"same contents", func() {}, true},
+		{"rotated in place", func() { write("new certificate") }, false},
+		{"removed", func() { os.Remove(cert) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.change()
+			if got := o.PoolKey(); (got == before) != tc.same {
+				t.Fatalf("pool key same = %v, want %v", got == before, tc.same)
+			}
+			before = o.PoolKey()
 		})
 	}
 }

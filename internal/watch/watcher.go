@@ -190,9 +190,14 @@ func (w *Watcher) publish(s *Snapshot) {
 	}
 }
 
-func (w *Watcher) contact(rev int64) {
+// contact records an answer from etcd. Only the watch stream's answers
+// (its creation included) make the watcher Connected: a list alone proves
+// etcd answers reads, not that changes will arrive.
+func (w *Watcher) contact(rev int64, watching bool) {
 	w.statusMu.Lock()
-	w.status.Connected = true
+	if watching {
+		w.status.Connected = true
+	}
 	w.status.LastContact = time.Now()
 	if rev > 0 {
 		w.status.Revision = rev
@@ -258,7 +263,7 @@ func (w *Watcher) list(ctx context.Context) (int64, error) {
 		next.Assignment = prev.Assignment
 		w.assignmentDeleted(prev, next)
 	}
-	w.contact(resp.Header.Revision)
+	w.contact(resp.Header.Revision, false)
 	// A re-list after a broken stream often finds nothing new; subscribers
 	// hear only of real changes.
 	if cur := w.snap.Load(); cur == nil || !cur.sameState(next) {
@@ -276,7 +281,7 @@ func (w *Watcher) list(ctx context.Context) (int64, error) {
 func (w *Watcher) watch(ctx context.Context, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	ch := w.cfg.Client.Watch(wctx, w.cfg.Layout.Root(), clientv3.WithPrefix(), clientv3.WithRev(rev))
+	ch := w.cfg.Client.Watch(wctx, w.cfg.Layout.Root(), clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithCreatedNotify())
 	ticker := time.NewTicker(w.cfg.ProgressInterval)
 	defer ticker.Stop()
 	for {
@@ -300,7 +305,7 @@ func (w *Watcher) watch(ctx context.Context, rev int64) error {
 			if resp.Canceled {
 				return errors.New("watch canceled by etcd")
 			}
-			w.contact(resp.Header.Revision)
+			w.contact(resp.Header.Revision, true)
 			events := resp.Events
 			for len(events) > 0 && events[0].Kv.ModRevision <= rev {
 				events = events[1:] // already in the list

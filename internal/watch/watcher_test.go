@@ -561,3 +561,28 @@ func TestNodeLeases(t *testing.T) {
 		})
 	}
 }
+
+// Connected means the watch stream is up, not only that a list answered:
+// between the list and the watch's creation it is still false, and it
+// turns true once the stream is created.
+func TestConnectedOnlyOnceTheWatchIsUp(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	var afterList atomic.Value
+	var wp atomic.Pointer[Watcher]
+	hook := func(int64) {
+		if w := wp.Load(); w != nil {
+			afterList.Store(w.Status().Connected)
+		}
+	}
+	w := New(Config{Client: cli, Layout: layout, Logger: zap.NewNop(), ProgressInterval: 100 * time.Millisecond, RetryMax: 200 * time.Millisecond})
+	w.testHookAfterList = hook
+	wp.Store(w)
+	w.Start()
+	t.Cleanup(w.Stop)
+	testutil.Eventually(t, 5*time.Second, "listed", func() bool { return afterList.Load() != nil })
+	if got, _ := afterList.Load().(bool); got {
+		t.Fatal("Connected right after the list, before the watch stream was created")
+	}
+	testutil.Eventually(t, 5*time.Second, "connected once the watch is up", func() bool { return w.Status().Connected })
+}
