@@ -191,6 +191,17 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 			return wait, nil
 		}
 	}
+	if errors.Is(snap.SettingsError, watch.ErrSettingsDeleted) {
+		// A slip (a delete by hand) must not undo the operator's drains
+		// and pins: write the last valid settings back.
+		settings := snap.Settings.Clone()
+		if _, err := m.write(ctx, l, snap, nil, &settings, nil); err != nil {
+			return 0, err
+		}
+		m.log.Error("the settings were deleted from etcd; wrote the last valid ones back",
+			zap.String("key", m.layout.SettingsKey()), zap.Strings("drained", settings.Drained))
+		return 0, nil // the next round plans on them
+	}
 	rebalance, balanceWait := m.balanceDue(live, snap.Settings.AutoRebalance)
 	d, err := m.decide(ctx, snap, cur, snap.Settings, rebalance, repair)
 	if errors.Is(err, planner.ErrNoEligibleNode) {

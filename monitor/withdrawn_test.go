@@ -13,6 +13,7 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
@@ -81,5 +82,37 @@ func TestWithdrawnRequestIsNotCarriedOut(t *testing.T) {
 	}
 	if leases, _ := cli.Leases(ctx); len(leases.Leases) != 2 { // the two nodes' only: no answer lease left behind
 		t.Fatalf("%d leases: the answer's lease leaked", len(leases.Leases))
+	}
+}
+
+// Deleting the settings key by hand does not undo a drain: the monitor
+// writes the last valid settings back, and nothing moves onto the node.
+func TestDeletedSettingsAreWrittenBack(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	for _, n := range []string{"n1", "n2"} {
+		registerNode(t, cli, n)
+	}
+	startMonitor(t, c, "mon-a", nil, func(m *monitor) { m.rebalanceAfter = 200 * time.Millisecond })
+	waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
+	startAcker(t, cli)
+	if _, err := monitorapi.Send(ctxT(t), cli, layout, monitorapi.Request{Op: monitorapi.OpDrain, Node: "n1"}); err != nil {
+		t.Fatal(err)
+	}
+	waitAssignment(t, cli, "drained", func(a *schema.Assignment) bool { return settled(a) && len(a.Owned("n1")) == 0 })
+	if _, err := cli.Delete(ctxT(t), layout.SettingsKey()); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the settings written back", func() bool {
+		r, err := cli.Get(ctxT(t), layout.SettingsKey())
+		if err != nil || len(r.Kvs) == 0 {
+			return false
+		}
+		s, err := schema.ParseSettings(r.Kvs[0].Value)
+		return err == nil && s.IsDrained("n1")
+	})
+	time.Sleep(time.Second) // past -rebalance-after: a forgotten drain would move buckets back
+	if a := getAssignment(t, cli); len(a.Owned("n1")) != 0 || len(a.Moving) != 0 {
+		t.Fatalf("buckets went back to the drained node: n1 owns %d, %d moving", len(a.Owned("n1")), len(a.Moving))
 	}
 }

@@ -65,6 +65,11 @@ type Snapshot struct {
 // monitor writes it back.
 var ErrAssignmentDeleted = errors.New("deleted from etcd")
 
+// ErrSettingsDeleted is the SettingsError of a snapshot whose settings key
+// was deleted: the last valid settings stay (drains and pins are not lost
+// to a slip), and the leading monitor writes them back.
+var ErrSettingsDeleted = errors.New("deleted from etcd")
+
 // ReleasedKey is one release acknowledgement and its key's mod revision.
 type ReleasedKey struct {
 	schema.Released

@@ -263,6 +263,10 @@ func (w *Watcher) list(ctx context.Context) (int64, error) {
 		next.Assignment = prev.Assignment
 		w.assignmentDeleted(prev, next)
 	}
+	if next.SettingsModRevision == 0 && (prev.SettingsModRevision != 0 || errors.Is(prev.SettingsError, ErrSettingsDeleted)) {
+		next.Settings = prev.Settings // deleted while the stream was broken
+		w.settingsDeleted(prev, next)
+	}
 	w.contact(resp.Header.Revision, false)
 	// A re-list after a broken stream often finds nothing new; subscribers
 	// hear only of real changes.
@@ -427,9 +431,7 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 		return true
 	}
 	if key == l.SettingsKey() {
-		next.Settings = schema.Settings{}
-		next.SettingsModRevision = 0
-		next.SettingsError = nil
+		w.settingsDeleted(next, next)
 		return true
 	}
 	if id, ok := l.NodeIDFromKey(key); ok {
@@ -451,6 +453,18 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 // it), so no reader forgets who owns what; the leading monitor writes it
 // back (a fresh version, the same owners).
 // It logs unless prev already said so (a re-list).
+// settingsDeleted marks next's settings as deleted from etcd, keeping the
+// last valid ones (next.Settings), and logs it once.
+func (w *Watcher) settingsDeleted(prev, next *Snapshot) {
+	already := errors.Is(prev.SettingsError, ErrSettingsDeleted)
+	next.SettingsModRevision = 0
+	next.SettingsError = ErrSettingsDeleted
+	if !already {
+		w.log.Error("settings deleted from etcd; keeping the last good ones (the leading monitor writes them back)",
+			zap.String("key", w.cfg.Layout.SettingsKey()), zap.Strings("drained", next.Settings.Drained))
+	}
+}
+
 func (w *Watcher) assignmentDeleted(prev, next *Snapshot) {
 	already := errors.Is(prev.AssignmentError, ErrAssignmentDeleted)
 	next.AssignmentModRevision = 0

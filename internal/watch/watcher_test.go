@@ -586,3 +586,54 @@ func TestConnectedOnlyOnceTheWatchIsUp(t *testing.T) {
 	}
 	testutil.Eventually(t, 5*time.Second, "connected once the watch is up", func() bool { return w.Status().Connected })
 }
+
+// A deleted settings key keeps the last valid settings (drains and pins
+// are not lost to a slip), under the watch and when it is found by a
+// re-list after a broken stream.
+func TestDeletedSettingsKeepTheLastGoodOnes(t *testing.T) {
+	drained := schema.Settings{Drained: []string{"n1"}}
+	for _, tc := range []struct {
+		name   string
+		relist bool
+	}{{"deleted under the watch", false}, {"deleted while the watch was broken", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := etcdtest.Start(t)
+			cli := c.Client(t)
+			put(t, cli, layout.SettingsKey(), drained.Encode())
+			var hook func(int64)
+			if tc.relist {
+				var lists atomic.Int32
+				hook = func(int64) {
+					if lists.Add(1) != 1 {
+						return
+					}
+					// Between the first list and the watch: delete, then
+					// compact it away, so the watch fails and lists again.
+					del(t, cli, layout.SettingsKey())
+					last := put(t, cli, layout.NodeKey("n1"), node("n1").Encode())
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					if _, err := cli.Compact(ctx, last); err != nil {
+						t.Errorf("compact: %v", err)
+					}
+				}
+			}
+			w := startWatcher(t, cli, nil, hook)
+			sub := w.Subscribe()
+			defer sub.Close()
+			if !tc.relist {
+				waitFor(t, sub, "the settings", func(s *Snapshot) bool { return s.Settings.IsDrained("n1") && s.SettingsModRevision != 0 })
+				del(t, cli, layout.SettingsKey())
+			}
+			s := waitFor(t, sub, "the delete seen", func(s *Snapshot) bool {
+				return s.SettingsModRevision == 0 && s.SettingsError != nil && (!tc.relist || len(s.Nodes) == 1)
+			})
+			if !s.Settings.IsDrained("n1") || !errors.Is(s.SettingsError, ErrSettingsDeleted) {
+				t.Fatalf("after the delete: settings %+v, error %v", s.Settings, s.SettingsError)
+			}
+			if tc.relist && w.Status().Relists < 1 {
+				t.Fatalf("no relist: %+v", w.Status())
+			}
+		})
+	}
+}
