@@ -16,6 +16,10 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
 
+// testHookBeforeRewrite, if set, runs before a deleted registration is
+// written again (a test registers another server there meanwhile).
+var testHookBeforeRewrite func()
+
 // errConflict: another live registration uses this node_id with other URLs.
 var errConflict = errors.New("node_id conflict")
 
@@ -180,6 +184,9 @@ func (r *registrar) hold(ctx context.Context, sub *watch.Subscription, sess *con
 					cur.NodeURL, cur.LocalNodeURL, r.node.NodeID)
 			case !present || corrupt:
 				r.log.Warn("registration deleted or overwritten in etcd; writing it again")
+				if testHookBeforeRewrite != nil {
+					testHookBeforeRewrite()
+				}
 				// claim, not a plain put: another server may have
 				// registered this node_id in the meantime.
 				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -414,3 +414,39 @@ func TestRefusedNotificationDoesNotBlockLaterOnes(t *testing.T) {
 		t.Fatalf("after the refusal: %+v", g)
 	}
 }
+
+// When the registration is deleted and another server registers the same
+// node_id before this registrar writes its own back, the registrar does not
+// overwrite it: it stops with a conflict.
+func TestRewriteDoesNotOverwriteAnotherServer(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	s := testSettings(c, "n1", 5*time.Second)
+	other := schema.Node{NodeID: "n1", NodeURL: "https://other.example.com/", LocalNodeURL: "http://127.0.0.1:8/"}
+	testHookBeforeRewrite = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := cli.Put(ctx, testLayout.NodeKey("n1"), string(other.Encode())); err != nil {
+			t.Error(err)
+		}
+	}
+	defer func() { testHookBeforeRewrite = nil }()
+	stop := startRegistrar(t, s)
+	testutil.Eventually(t, 5*time.Second, "registered", func() bool { _, _, ok := getNode(t, cli, "n1"); return ok })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cli.Delete(ctx, testLayout.NodeKey("n1")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, "the other server's registration stays", func() bool {
+		n, _, ok := getNode(t, cli, "n1")
+		return ok && n.SameEndpoints(other)
+	})
+	time.Sleep(500 * time.Millisecond)
+	if n, _, _ := getNode(t, cli, "n1"); !n.SameEndpoints(other) {
+		t.Fatalf("the registrar overwrote another server's registration: %+v", n)
+	}
+	if err := stop(); !errors.Is(err, errConflict) {
+		t.Fatalf("stop: %v, want a conflict", err)
+	}
+}
