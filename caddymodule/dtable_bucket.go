@@ -25,9 +25,10 @@ import (
 // moving bucket is held until the move commits or aborts, and one that
 // the owner answers 421 (not my bucket) is sent again by the newest
 // assignment, both within HandoffWait (handoff.go). A request it cannot
-// route is a routing error: 400 for a missing or malformed UUID, 503 with
-// Retry-After when the bucket has no registered owner or its handoff
-// outlasts the wait (see fail for how it is answered).
+// route is a routing error: 400 for a missing, malformed or ambiguous UUID
+// (uuidFinder), 503 with Retry-After when the bucket has no registered
+// owner or its handoff outlasts the wait (see fail for how it is
+// answered).
 //
 // It sets these placeholders on every request it sees, for later handlers
 // (header_up), handle_errors and logs (log_append):
@@ -90,12 +91,13 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 		if !strings.HasPrefix(p, "/") {
 			return fmt.Errorf("uuid_path_prefixes: %q must start with /", p)
 		}
-		if !strings.HasSuffix(p, "/") {
-			p += "/"
-		}
-		h.finder.pathPrefixes = append(h.finder.pathPrefixes, p)
 	}
-	h.finder.queryParams = h.UUIDQueryParams
+	for _, q := range h.UUIDQueryParams {
+		if q == "" || strings.ContainsAny(q, "&=[") {
+			return fmt.Errorf("uuid_query_params: %q is not a query parameter name", q)
+		}
+	}
+	h.finder = newUUIDFinder(h.UUIDPathPrefixes, h.UUIDQueryParams)
 	if h.NoUUID == "" {
 		h.NoUUID = "any_node"
 	}
@@ -163,7 +165,7 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 	}
 	if h.NoUUID == "reject" {
 		return h.fail(w, r, &routingError{status: http.StatusBadRequest, reason: reasonMissingUUID,
-			msg: "the request names no base: expected a base UUID in the path (after " + strings.Join(h.finder.pathPrefixes, ", ") +
+			msg: "the request names no base: expected a base UUID in the path (after " + strings.Join(h.finder.prefixNames(), ", ") +
 				") or in the query (" + strings.Join(h.finder.queryParams, ", ") + ")"})
 	}
 	// No base: any node that owns buckets answers it (no hold, no epoch:

@@ -70,8 +70,12 @@ const (
 	reasonBadNodeURL    = "owner_url_invalid"
 	reasonMissingUUID   = "missing_uuid"
 	reasonMalformedUUID = "malformed_uuid"
-	reasonNoNode        = "no_node"
-	reasonMoved         = "moved_during_request"
+	// The request could name another base than the one the proxy reads:
+	// dot segments, encoded slashes, empty segments before the UUID,
+	// conflicting UUIDs (see uuidFinder).
+	reasonAmbiguous = "ambiguous_request"
+	reasonNoNode    = "no_node"
+	reasonMoved     = "moved_during_request"
 	// A request for a moving bucket was held and the move neither
 	// committed nor aborted within handoff_wait.
 	reasonHandoff = "handoff_in_progress"
