@@ -174,6 +174,7 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 //	    prefix <prefix>
 //	    etcd_cacert|etcd_cert|etcd_key|etcd_user|etcd_password <value>
 //	    request_timeout <duration>
+//	    token <bearer token, e.g. {env.DTABLE_ADMIN_TOKEN}>
 //	}
 func parseClusterAdmin(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	a := new(DtableClusterAdmin)
@@ -205,13 +206,24 @@ func (a *DtableClusterAdmin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("request_timeout: want a positive duration, got %q", args[0])
 			}
 			a.RequestTimeout = caddy.Duration(dur)
+		case "token":
+			if seen[name] {
+				return d.Errf("%s already specified", name)
+			}
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			if args[0] == "" {
+				return d.Errf("token: empty; give the token or a placeholder such as {env.DTABLE_ADMIN_TOKEN}")
+			}
+			a.Token = args[0]
 		default:
 			ours, err := a.EtcdConfig.unmarshalSubdirective(d, name, args, seen[name])
 			if err != nil {
 				return err
 			}
 			if !ours {
-				return d.Errf("dtable_cluster_admin: unknown subdirective %q (known: etcd, config, prefix, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password, request_timeout)", name)
+				return d.Errf("dtable_cluster_admin: unknown subdirective %q (known: etcd, config, prefix, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password, request_timeout, token)", name)
 			}
 		}
 		if d.NextBlock(d.Nesting()) {

@@ -31,7 +31,7 @@ func adapt(t *testing.T, caddyfile string) (string, error) {
 // JSON. go test -run TestCaddyfileAdapt -update rewrites the JSON parts.
 func TestCaddyfileAdapt(t *testing.T) {
 	// Caddyfile.example reads these with defaults; the golden JSON has the defaults.
-	for _, name := range []string{"ETCD_ENDPOINTS", "DTABLE_PREFIX"} {
+	for _, name := range []string{"ETCD_ENDPOINTS", "DTABLE_PREFIX", "DTABLE_ADMIN_BIND"} {
 		t.Setenv(name, "")
 		os.Unsetenv(name)
 	}
@@ -113,6 +113,10 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"admin: prefix twice", "dtable_cluster_admin {\n etcd e:2379\n prefix /a\n prefix /b\n}", "prefix already specified"},
 		{"admin: etcd_user with two values", "dtable_cluster_admin {\n etcd e:2379\n etcd_user a b\n}", "wrong argument count"},
 		{"admin: etcd with a block", "dtable_cluster_admin {\n etcd e:2379 {\n x\n }\n}", "etcd takes no block"},
+		{"admin: token without a value", "dtable_cluster_admin {\n etcd e:2379\n token\n}", "wrong argument count"},
+		{"admin: token with two values", "dtable_cluster_admin {\n etcd e:2379\n token a b\n}", "wrong argument count"},
+		{"admin: token twice", "dtable_cluster_admin {\n etcd e:2379\n token a\n token b\n}", "token already specified"},
+		{"admin: token empty", "dtable_cluster_admin {\n etcd e:2379\n token \"\"\n}", "token: empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -73,6 +73,7 @@ type env struct {
 // backends (optionally wrapped).
 type extraConfig struct {
 	global, proxySite, proxyBlock string
+	adminBlock                    string // lines in the dtable_cluster_admin block
 	strict                        bool
 	wrap                          func(node string, h http.Handler) http.Handler
 }
@@ -126,9 +127,10 @@ func (e *env) config() string {
 	dtable_cluster_admin {
 		etcd %s
 		request_timeout 1500ms
+%s
 	}
 }
-`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, eps)
+`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, eps, e.extra.adminBlock)
 }
 
 func (e *env) load() {
