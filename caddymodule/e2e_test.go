@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -74,6 +75,7 @@ type env struct {
 type extraConfig struct {
 	global, proxySite, proxyBlock string
 	adminBlock                    string // lines in the dtable_cluster_admin block
+	lbTry                         string // lb_try_duration of the proxy; default 500ms
 	strict                        bool
 	wrap                          func(node string, h http.Handler) http.Handler
 }
@@ -118,7 +120,7 @@ func (e *env) config() string {
 :%d {
 	dtable_bucket_proxy {
 		etcd %s
-		lb_try_duration 500ms
+		lb_try_duration %s
 %s
 	}
 %s
@@ -130,7 +132,7 @@ func (e *env) config() string {
 %s
 	}
 }
-`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, eps, e.extra.adminBlock)
+`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, cmp.Or(e.extra.lbTry, "500ms"), e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, eps, e.extra.adminBlock)
 }
 
 func (e *env) load() {

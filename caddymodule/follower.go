@@ -1,7 +1,10 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -173,6 +176,7 @@ func (fw *follower) install(next *routeTable) {
 	prev := fw.table.Swap(next)
 	var changed, closed int
 	var outcomes handoffOutcomes
+	var lost unroutableBuckets
 	for b := range bucket.Count {
 		p, n := &prev.routes[b], &next.routes[b]
 		if p.changed == n.changed {
@@ -181,6 +185,7 @@ func (fw *follower) install(next *routeTable) {
 		close(p.changed)
 		changed++
 		outcomes.add(p, n)
+		lost.add(p, n)
 		for s := range fw.streams[b] {
 			if n.moving || !s.route.sameTarget(n) {
 				s.cancel()
@@ -197,6 +202,31 @@ func (fw *follower) install(next *routeTable) {
 			zap.Int("buckets_changed", changed), zap.Int("streams_closed", closed), zap.Int("nodes", len(next.anyNode)),
 			zap.Int("moves_started", outcomes.started), zap.Int("handoffs_committed", outcomes.committed),
 			zap.Int("handoffs_aborted", outcomes.aborted), zap.Int("handoffs_forced", outcomes.forced))
+	}
+	lost.log(fw.log, next.version)
+}
+
+// unroutableBuckets collects the buckets a table change leaves without a
+// routable owner, by reason and owner, so that each such change is logged
+// once (their requests are answered 503 until it changes again; they do
+// not log).
+type unroutableBuckets map[[2]string][]string
+
+func (u *unroutableBuckets) add(p, n *route) {
+	if n.ok || (!p.ok && p.reason == n.reason && p.nodeID == n.nodeID) {
+		return
+	}
+	if *u == nil {
+		*u = unroutableBuckets{}
+	}
+	k := [2]string{n.reason, n.nodeID}
+	(*u)[k] = append((*u)[k], n.bucket.String())
+}
+
+func (u unroutableBuckets) log(log *zap.Logger, version int64) {
+	for _, k := range slices.SortedFunc(maps.Keys(u), func(a, b [2]string) int { return cmp.Compare(a[0]+"\x00"+a[1], b[0]+"\x00"+b[1]) }) {
+		log.Warn("buckets without a routable owner", zap.String("reason", k[0]), zap.String("node", k[1]),
+			zap.Strings("buckets", u[k]), zap.Int64("version", version))
 	}
 }
 

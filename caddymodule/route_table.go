@@ -75,7 +75,13 @@ const (
 	// conflicting UUIDs (see uuidFinder).
 	reasonAmbiguous = "ambiguous_request"
 	reasonNoNode    = "no_node"
-	reasonMoved     = "moved_during_request"
+	// The route changed between the handler and the dial more often than
+	// maxReroutes, or after part of the body was sent (else the request is
+	// sent again by the newest table).
+	reasonMoved = "moved_during_request"
+	// reverse_proxy found the owner unavailable (passive health checks,
+	// max_requests) and sent nothing.
+	reasonUpstreamUnavailable = "upstream_unavailable"
 	// A request for a moving bucket was held and the move neither
 	// committed nor aborted within handoff_wait.
 	reasonHandoff = "handoff_in_progress"
