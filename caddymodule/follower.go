@@ -94,10 +94,12 @@ type follower struct {
 	// rr spreads requests without a UUID over the nodes.
 	rr atomic.Uint64
 
-	// streamsMu orders stream registration against table changes, so a
-	// WebSocket opened to a bucket's old owner is always closed.
+	// streamsMu orders stream registration against table changes and
+	// Destruct, so a WebSocket opened to a bucket's old owner is always
+	// closed.
 	streamsMu sync.Mutex
 	streams   [bucket.Count]map[*stream]struct{}
+	destroyed bool // Destruct ran: no table change will close streams any more
 
 	stop chan struct{}
 	done chan struct{}
@@ -129,8 +131,30 @@ func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, er
 }
 
 // Destruct stops following etcd; the pool calls it when no config uses
-// the cluster any more.
+// the cluster any more. It closes the follower's open streams: once it
+// stops, no table change would close them when their bucket moves, and a
+// WebSocket kept across a reload (stream_close_delay) would go on
+// reaching the old owner. A reload that keeps the etcd settings keeps the
+// follower, and its streams; one that changes them (endpoints, their
+// order, TLS, auth, prefix) starts another follower and ends these
+// streams: the clients reconnect through the new one.
 func (fw *follower) Destruct() error {
+	fw.streamsMu.Lock()
+	fw.destroyed = true
+	closed := 0
+	for b := range fw.streams {
+		for s := range fw.streams[b] {
+			s.cancel()
+			closed++
+		}
+		fw.streams[b] = nil
+	}
+	fw.streamsMu.Unlock()
+	if closed > 0 {
+		streamsClosedTotal.Add(float64(closed))
+		fw.log.Info("closed the WebSocket streams of a follower no config uses any more (its etcd settings changed); clients reconnect",
+			zap.Int("streams_closed", closed))
+	}
 	close(fw.stop)
 	<-fw.done
 	fw.watcher.Stop()
@@ -278,12 +302,19 @@ func (fw *follower) lookup(b bucket.Bucket) (*routeTable, *route) {
 // the route is routable and its bucket is not moving, registers cancel to
 // be called when the bucket starts moving or changes owner (install). The
 // returned function unregisters it. A moving bucket's stream is not registered: its
-// request is held first (DtableBucket.serveBucket) and opens again.
+// request is held first (DtableBucket.serveBucket) and opens again. A
+// stream opened on a follower that was destroyed (a request still served
+// by a config being unloaded) is cancelled at once: nothing would close
+// it when its bucket moves.
 func (fw *follower) openStream(b bucket.Bucket, cancel context.CancelFunc) (*routeTable, *route, func()) {
 	fw.streamsMu.Lock()
 	defer fw.streamsMu.Unlock()
 	t := fw.table.Load()
 	rt := &t.routes[b]
+	if fw.destroyed {
+		cancel()
+		return t, rt, func() {}
+	}
 	if !rt.ok || rt.moving {
 		return t, rt, func() {}
 	}
