@@ -74,8 +74,10 @@ type env struct {
 // backends (optionally wrapped).
 type extraConfig struct {
 	global, proxySite, proxyBlock string
-	adminBlock                    string // lines in the dtable_cluster_admin block
-	lbTry                         string // lb_try_duration of the proxy; default 500ms
+	adminBlock                    string     // lines in the dtable_cluster_admin block
+	lbTry                         string     // lb_try_duration of the proxy; default 500ms
+	adminEtcd                     string     // where the admin site finds etcd; default the etcd line of the proxy site
+	beforeLoad                    func(*env) // runs once etcd runs, before Caddy loads the config
 	strict                        bool
 	wrap                          func(node string, h http.Handler) http.Handler
 }
@@ -102,6 +104,9 @@ func setupWith(t *testing.T, extra extraConfig) *env {
 		e.put(layout.NodeKey(n), schema.Node{NodeID: n, NodeURL: "https://" + n + ".example.com/", LocalNodeURL: local}.Encode())
 	}
 	e.putAssignment(1, nil)
+	if extra.beforeLoad != nil {
+		extra.beforeLoad(e)
+	}
 	e.load()
 	return e
 }
@@ -127,12 +132,12 @@ func (e *env) config() string {
 }
 :%d {
 	dtable_cluster_admin {
-		etcd %s
+		%s
 		request_timeout 1500ms
 %s
 	}
 }
-`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, cmp.Or(e.extra.lbTry, "500ms"), e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, eps, e.extra.adminBlock)
+`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, cmp.Or(e.extra.lbTry, "500ms"), e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, cmp.Or(e.extra.adminEtcd, "etcd "+eps), e.extra.adminBlock)
 }
 
 func (e *env) load() {
@@ -197,6 +202,11 @@ func (e *env) routedVersion() int64 {
 		}
 	})
 	return got
+}
+
+// clusterLabels are the labels of the test cluster's follower metrics.
+func (e *env) clusterLabels() string {
+	return fmt.Sprintf(`etcd=%q,prefix="/dtable-cluster"`, strings.TrimPrefix(e.etcd.Endpoints()[0], "http://"))
 }
 
 func uuidIn(b bucket.Bucket) string {
@@ -537,7 +547,7 @@ func TestEtcdOutageKeepsRoutingAndIsReported(t *testing.T) {
 		}
 	}
 	m := do(t, "GET", fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
-	if !strings.Contains(m.raw, `caddy_dtable_etcd_connected{prefix="/dtable-cluster"} 0`) {
+	if !strings.Contains(m.raw, `caddy_dtable_etcd_connected{`+e.clusterLabels()+`} 0`) {
 		t.Errorf("metrics do not show the outage:\n%s", grepLines(m.raw, "caddy_dtable"))
 	}
 	e.etcd.Restart(0)
@@ -597,7 +607,7 @@ func TestAdminSiteLookupNodesBucketsAndMetrics(t *testing.T) {
 	do(t, "GET", proxyURL("/dtables/xyz"), nil)
 	m := do(t, "GET", fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
 	for _, want := range []string{`caddy_dtable_requests_total{node="n3"}`, `caddy_dtable_routing_errors_total{reason="malformed_uuid"}`,
-		`caddy_dtable_assignment_version{prefix="/dtable-cluster"} 1`, `caddy_dtable_etcd_connected{prefix="/dtable-cluster"} 1`,
+		`caddy_dtable_assignment_version{` + e.clusterLabels() + `} 1`, `caddy_dtable_etcd_connected{` + e.clusterLabels() + `} 1`,
 		`caddy_dtable_assignment_age_seconds`} {
 		if !strings.Contains(m.raw, want) {
 			t.Errorf("metrics lack %s:\n%s", want, grepLines(m.raw, "caddy_dtable"))

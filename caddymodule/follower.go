@@ -29,6 +29,9 @@ var watchProgressInterval = 5 * time.Second
 // old ones (Delete), so a reload neither reconnects nor re-lists.
 var followers = caddy.NewUsagePool()
 
+// followerSeq numbers the followers in the order they start.
+var followerSeq atomic.Uint64
+
 // acquireFollower returns the shared follower for cfg, starting it if none
 // runs; release it with followers.Delete(key) in Cleanup. It never waits for
 // etcd, so `caddy validate` does not block on it.
@@ -85,6 +88,8 @@ func forEachFollower(fn func(*follower)) {
 type follower struct {
 	layout    schema.Layout
 	endpoints []string
+	etcdLabel string // the endpoints as the metrics label them (etcdLabel)
+	seq       uint64 // order of start, to list followers in a stable order
 	cli       *clientv3.Client
 	watcher   *watch.Watcher
 	log       *zap.Logger
@@ -118,7 +123,7 @@ func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, er
 		return nil, err
 	}
 	fw := &follower{
-		layout: layout, endpoints: opts.Endpoints, cli: cli, log: log,
+		layout: layout, endpoints: opts.Endpoints, etcdLabel: etcdLabel(opts.Endpoints), seq: followerSeq.Add(1), cli: cli, log: log,
 		watcher: watch.New(watch.Config{Client: cli, Layout: layout, Logger: log.Named("watch"),
 			ProgressInterval: watchProgressInterval}),
 		stop: make(chan struct{}), done: make(chan struct{}),
