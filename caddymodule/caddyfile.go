@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -75,10 +76,20 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 			if len(args) == 0 {
 				return nil, d.ArgErr()
 			}
+			for _, p := range args {
+				if err := checkPathPrefix(p); err != nil {
+					return nil, d.Errf("uuid_path_prefix: %v", err)
+				}
+			}
 			router.UUIDPathPrefixes = append(router.UUIDPathPrefixes, args...)
 		case "uuid_query":
 			if len(args) == 0 {
 				return nil, d.ArgErr()
+			}
+			for _, q := range args {
+				if err := checkQueryParam(q); err != nil {
+					return nil, d.Errf("uuid_query: %v", err)
+				}
 			}
 			router.UUIDQueryParams = append(router.UUIDQueryParams, args...)
 		case "no_uuid":
@@ -99,6 +110,9 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 			dur, err := caddy.ParseDuration(args[0])
 			if err != nil {
 				return nil, d.Errf("retry_after: %v", err)
+			}
+			if dur <= 0 {
+				return nil, d.Errf("retry_after: want a positive duration, got %q", args[0])
 			}
 			router.RetryAfter = caddy.Duration(dur)
 		case "handoff_wait":
@@ -255,6 +269,9 @@ func (c *EtcdConfig) unmarshalSubdirective(d *caddyfile.Dispenser, name string, 
 	case "etcd":
 		if len(args) == 0 {
 			return true, d.ArgErr()
+		}
+		if slices.Contains(args, "") {
+			return true, d.Errf("etcd: empty endpoint")
 		}
 		c.Etcd = append(c.Etcd, args...)
 		return true, nil

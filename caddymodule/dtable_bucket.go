@@ -89,13 +89,13 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 		h.UUIDQueryParams = DefaultUUIDQueryParams
 	}
 	for _, p := range h.UUIDPathPrefixes {
-		if !strings.HasPrefix(p, "/") {
-			return fmt.Errorf("uuid_path_prefixes: %q must start with /", p)
+		if err := checkPathPrefix(p); err != nil {
+			return fmt.Errorf("uuid_path_prefixes: %v", err)
 		}
 	}
 	for _, q := range h.UUIDQueryParams {
-		if q == "" || strings.ContainsAny(q, "&=[") {
-			return fmt.Errorf("uuid_query_params: %q is not a query parameter name", q)
+		if err := checkQueryParam(q); err != nil {
+			return fmt.Errorf("uuid_query_params: %v", err)
 		}
 	}
 	h.finder = newUUIDFinder(h.UUIDPathPrefixes, h.UUIDQueryParams)

@@ -736,35 +736,3 @@ func rawDo(t *testing.T, port int, method, target string, header map[string]stri
 	json.Unmarshal(raw, &a.body)
 	return a
 }
-
-// The path cannot steer a request to another base's server: a request
-// whose path or query could name another base than the one the proxy
-// reads is refused; prefix variants the servers route are routed by their
-// UUID. (The bad-input matrix has more cases.)
-func TestPathTricksAreRefusedOrRoutedByTheBase(t *testing.T) {
-	setup(t)
-	a, b := uuidIn(0x00), uuidIn(0x01) // n1's, n2's
-	tests := []struct {
-		name, target string
-		status       int
-		node, reason string
-	}{
-		{"dot segments", "/dtables/" + a + "/../../dtables/" + b + "/rows/", 400, "", "ambiguous_request"},
-		{"encoded dot segments", "/dtables/" + a + "/%2e%2e/%2e%2e/dtables/" + b + "/rows/", 400, "", "ambiguous_request"},
-		{"encoded slashes", "/dtables/" + a + "/..%2f..%2fdtables%2f" + b + "/rows/", 400, "", "ambiguous_request"},
-		{"dot segment before the prefix", "/ping/./../dtables/" + b + "/", 400, "", "ambiguous_request"},
-		{"empty segment before the UUID", "/api/v1/dtables//" + b + "/rows/", 400, "", "ambiguous_request"},
-		{"two bases in the query", "/socket.io/?dtable_uuid=" + a + "&dtable_uuid=" + b, 400, "", "ambiguous_request"},
-		{"path and query disagree", "/dtables/" + a + "/?dtable_uuid=" + b, 400, "", "ambiguous_request"},
-		{"prefix in upper case", "/API/V1/DTABLES/" + b + "/rows/", 200, "n2", ""},
-		{"encoded UUID", "/dtables/%30%31" + b[2:] + "/", 200, "n2", ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got := rawDo(t, proxyPort, "GET", tt.target, nil)
-			if got.status != tt.status || got.body["node"] != tt.node || got.body["reason"] != tt.reason {
-				t.Fatalf("%s: %d %s; want %d, node %q, reason %q", tt.target, got.status, got.raw, tt.status, tt.node, tt.reason)
-			}
-		})
-	}
-}

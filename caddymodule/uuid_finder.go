@@ -69,6 +69,29 @@ func newUUIDFinder(prefixes, params []string) uuidFinder {
 	return f
 }
 
+// checkPathPrefix says what is wrong with a configured UUID path prefix:
+// it must start with "/" and have no empty or dot segments.
+func checkPathPrefix(p string) error {
+	if !strings.HasPrefix(p, "/") {
+		return fmt.Errorf("%q must start with /", p)
+	}
+	for i, s := range strings.Split(strings.TrimSuffix(p, "/"), "/") {
+		if i > 0 && (s == "" || s == "." || s == "..") || strings.ContainsAny(s, "%\\?#") {
+			return fmt.Errorf("%q: want segments of a plain path, without //, . or .., %%, \\, ? or #", p)
+		}
+	}
+	return nil
+}
+
+// checkQueryParam says what is wrong with a configured UUID query
+// parameter name.
+func checkQueryParam(q string) error {
+	if q == "" || strings.ContainsAny(q, "&=[]%+#; ") {
+		return fmt.Errorf("%q is not a query parameter name", q)
+	}
+	return nil
+}
+
 // prefixNames lists the path prefixes, for messages.
 func (f *uuidFinder) prefixNames() []string {
 	names := make([]string, len(f.pathPrefixes))
