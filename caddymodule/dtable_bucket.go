@@ -215,10 +215,12 @@ func (c *upstreamChoice) run(next caddyhttp.Handler, w http.ResponseWriter, r *h
 	return next.ServeHTTP(w, r)
 }
 
-// unavailable turns reverse_proxy's own 503 (it sent nothing: its one
-// upstream is marked down by health checks or at max_requests) into a
-// routing error, so that it is answered like every other 503 (JSON,
-// Retry-After); nil for any other error.
+// unavailable turns a 503 that reverse_proxy returns as an error, with no
+// answer to pass on (its one upstream marked down by passive health
+// checks or at max_requests, or response retries run out), into a routing
+// error, so that it is answered like every other 503 of the proxy (JSON,
+// Retry-After); nil for any other error. An upstream's own 503 answer is
+// not an error: it passes as it is.
 func unavailable(err error, bucketName string, rt *route) *routingError {
 	if err == nil {
 		return nil
@@ -232,7 +234,7 @@ func unavailable(err error, bucketName string, rt *route) *routingError {
 		what = "bucket " + bucketName + ": its owner " + rt.nodeID
 	}
 	return &routingError{status: http.StatusServiceUnavailable, bucket: bucketName, node: rt.nodeID, reason: reasonUpstreamUnavailable,
-		msg: fmt.Sprintf("%s is unavailable to the proxy (%v); the request was not sent", what, he.Err)}
+		msg: fmt.Sprintf("%s: the proxy got no answer to pass on (%v)", what, he.Err)}
 }
 
 // Header names of the fencing headers sent upstream (client values are

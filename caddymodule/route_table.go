@@ -79,8 +79,8 @@ const (
 	// maxReroutes, or after part of the body was sent (else the request is
 	// sent again by the newest table).
 	reasonMoved = "moved_during_request"
-	// reverse_proxy found the owner unavailable (passive health checks,
-	// max_requests) and sent nothing.
+	// reverse_proxy ended with 503 and no answer to pass on (the owner
+	// marked down by passive health checks, max_requests).
 	reasonUpstreamUnavailable = "upstream_unavailable"
 	// A request for a moving bucket was held and the move neither
 	// committed nor aborted within handoff_wait.
