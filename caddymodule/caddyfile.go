@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -75,10 +76,20 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 			if len(args) == 0 {
 				return nil, d.ArgErr()
 			}
+			for _, p := range args {
+				if err := checkPathPrefix(p); err != nil {
+					return nil, d.Errf("uuid_path_prefix: %v", err)
+				}
+			}
 			router.UUIDPathPrefixes = append(router.UUIDPathPrefixes, args...)
 		case "uuid_query":
 			if len(args) == 0 {
 				return nil, d.ArgErr()
+			}
+			for _, q := range args {
+				if err := checkQueryParam(q); err != nil {
+					return nil, d.Errf("uuid_query: %v", err)
+				}
 			}
 			router.UUIDQueryParams = append(router.UUIDQueryParams, args...)
 		case "no_uuid":
@@ -99,6 +110,9 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 			dur, err := caddy.ParseDuration(args[0])
 			if err != nil {
 				return nil, d.Errf("retry_after: %v", err)
+			}
+			if dur <= 0 {
+				return nil, d.Errf("retry_after: want a positive duration, got %q", args[0])
 			}
 			router.RetryAfter = caddy.Duration(dur)
 		case "handoff_wait":
@@ -174,6 +188,7 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 //	    prefix <prefix>
 //	    etcd_cacert|etcd_cert|etcd_key|etcd_user|etcd_password <value>
 //	    request_timeout <duration>
+//	    token <bearer token, e.g. {env.DTABLE_ADMIN_TOKEN}>
 //	}
 func parseClusterAdmin(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	a := new(DtableClusterAdmin)
@@ -205,13 +220,24 @@ func (a *DtableClusterAdmin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("request_timeout: want a positive duration, got %q", args[0])
 			}
 			a.RequestTimeout = caddy.Duration(dur)
+		case "token":
+			if seen[name] {
+				return d.Errf("%s already specified", name)
+			}
+			if len(args) != 1 {
+				return d.ArgErr()
+			}
+			if args[0] == "" {
+				return d.Errf("token: empty; give the token or a placeholder such as {env.DTABLE_ADMIN_TOKEN}")
+			}
+			a.Token = args[0]
 		default:
 			ours, err := a.EtcdConfig.unmarshalSubdirective(d, name, args, seen[name])
 			if err != nil {
 				return err
 			}
 			if !ours {
-				return d.Errf("dtable_cluster_admin: unknown subdirective %q (known: etcd, config, prefix, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password, request_timeout)", name)
+				return d.Errf("dtable_cluster_admin: unknown subdirective %q (known: etcd, config, prefix, etcd_cacert, etcd_cert, etcd_key, etcd_user, etcd_password, request_timeout, token)", name)
 			}
 		}
 		if d.NextBlock(d.Nesting()) {
@@ -243,6 +269,9 @@ func (c *EtcdConfig) unmarshalSubdirective(d *caddyfile.Dispenser, name string, 
 	case "etcd":
 		if len(args) == 0 {
 			return true, d.ArgErr()
+		}
+		if slices.Contains(args, "") {
+			return true, d.Errf("etcd: empty endpoint")
 		}
 		c.Etcd = append(c.Etcd, args...)
 		return true, nil

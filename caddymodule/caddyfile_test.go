@@ -31,7 +31,7 @@ func adapt(t *testing.T, caddyfile string) (string, error) {
 // JSON. go test -run TestCaddyfileAdapt -update rewrites the JSON parts.
 func TestCaddyfileAdapt(t *testing.T) {
 	// Caddyfile.example reads these with defaults; the golden JSON has the defaults.
-	for _, name := range []string{"ETCD_ENDPOINTS", "DTABLE_PREFIX"} {
+	for _, name := range []string{"ETCD_ENDPOINTS", "DTABLE_PREFIX", "DTABLE_ADMIN_BIND"} {
 		t.Setenv(name, "")
 		os.Unsetenv(name)
 	}
@@ -105,6 +105,22 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"handoff_max_held twice", "dtable_bucket_proxy {\n etcd e:2379\n handoff_max_held 10\n handoff_max_held 10\n}", "handoff_max_held already specified"},
 		{"handoff_max_held with two values", "dtable_bucket_proxy {\n etcd e:2379\n handoff_max_held 1 2\n}", "wrong argument count"},
 		{"bad reverse_proxy subdirective", "dtable_bucket_proxy {\n etcd e:2379\n lb_try_duration often\n}", "bad duration value"},
+		{"unknown subdirective, close to ours", "dtable_bucket_proxy {\n etcd e:2379\n uuid_paths /x/\n}", "unrecognized subdirective uuid_paths"},
+		{"unknown subdirective with a block", "dtable_bucket_proxy {\n etcd e:2379\n handoff {\n wait 1s\n }\n}", "unrecognized subdirective handoff"},
+		{"etcd with an empty endpoint", "dtable_bucket_proxy {\n etcd e:2379 \"\"\n}", "etcd: empty endpoint"},
+		{"etcd_cacert twice", "dtable_bucket_proxy {\n etcd e:2379\n etcd_cacert a.pem\n etcd_cacert b.pem\n}", "etcd_cacert already specified"},
+		{"etcd_user twice", "dtable_bucket_proxy {\n etcd e:2379\n etcd_user a\n etcd_user b\n}", "etcd_user already specified"},
+		{"config with two files", "dtable_bucket_proxy {\n config a.json b.json\n}", "wrong argument count"},
+		{"uuid_path_prefix without a leading slash", "dtable_bucket_proxy {\n etcd e:2379\n uuid_path_prefix dtables/\n}", `uuid_path_prefix: "dtables/" must start with /`},
+		{"uuid_path_prefix with a dot segment", "dtable_bucket_proxy {\n etcd e:2379\n uuid_path_prefix /api/../dtables/\n}", `uuid_path_prefix: "/api/../dtables/"`},
+		{"uuid_query with an =", "dtable_bucket_proxy {\n etcd e:2379\n uuid_query dtable_uuid=x\n}", `uuid_query: "dtable_uuid=x" is not a query parameter name`},
+		{"uuid_query with a bracket", "dtable_bucket_proxy {\n etcd e:2379\n uuid_query uuid[]\n}", `uuid_query: "uuid[]" is not a query parameter name`},
+		{"no_uuid with a block", "dtable_bucket_proxy {\n etcd e:2379\n no_uuid reject {\n x\n }\n}", "no_uuid takes no block"},
+		{"retry_after zero", "dtable_bucket_proxy {\n etcd e:2379\n retry_after 0s\n}", "retry_after: want a positive duration"},
+		{"retry_after negative", "dtable_bucket_proxy {\n etcd e:2379\n retry_after -5s\n}", "retry_after: want a positive duration"},
+		{"handoff_wait negative", "dtable_bucket_proxy {\n etcd e:2379\n handoff_wait -1s\n}", "handoff_wait: want a positive duration"},
+		{"handoff_max_held not a whole number", "dtable_bucket_proxy {\n etcd e:2379\n handoff_max_held 1.5\n}", "handoff_max_held: want a positive whole number"},
+		{"token in the proxy site", "dtable_bucket_proxy {\n etcd e:2379\n token x\n}", "unrecognized subdirective token"},
 		// dtable_cluster_admin
 		{"admin: argument", "dtable_cluster_admin e:2379", "wrong argument count"},
 		{"admin: unknown subdirective", "dtable_cluster_admin {\n etcd e:2379\n rebalance_now\n}", `unknown subdirective "rebalance_now"`},
@@ -113,6 +129,17 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"admin: prefix twice", "dtable_cluster_admin {\n etcd e:2379\n prefix /a\n prefix /b\n}", "prefix already specified"},
 		{"admin: etcd_user with two values", "dtable_cluster_admin {\n etcd e:2379\n etcd_user a b\n}", "wrong argument count"},
 		{"admin: etcd with a block", "dtable_cluster_admin {\n etcd e:2379 {\n x\n }\n}", "etcd takes no block"},
+		{"admin: token without a value", "dtable_cluster_admin {\n etcd e:2379\n token\n}", "wrong argument count"},
+		{"admin: token with two values", "dtable_cluster_admin {\n etcd e:2379\n token a b\n}", "wrong argument count"},
+		{"admin: token twice", "dtable_cluster_admin {\n etcd e:2379\n token a\n token b\n}", "token already specified"},
+		{"admin: token empty", "dtable_cluster_admin {\n etcd e:2379\n token \"\"\n}", "token: empty"},
+		{"admin: unknown subdirective, close to ours", "dtable_cluster_admin {\n etcd e:2379\n tokn x\n}", `unknown subdirective "tokn"`},
+		{"admin: a proxy subdirective", "dtable_cluster_admin {\n etcd e:2379\n lb_try_duration 1s\n}", `unknown subdirective "lb_try_duration"`},
+		{"admin: request_timeout zero", "dtable_cluster_admin {\n etcd e:2379\n request_timeout 0s\n}", "request_timeout: want a positive duration"},
+		{"admin: token with a block", "dtable_cluster_admin {\n etcd e:2379\n token x {\n y\n }\n}", "token takes no block"},
+		{"admin: config twice", "dtable_cluster_admin {\n config a.json\n config b.json\n}", "config already specified"},
+		{"admin: etcd_key twice", "dtable_cluster_admin {\n etcd e:2379\n etcd_key a\n etcd_key b\n}", "etcd_key already specified"},
+		{"admin: etcd with an empty endpoint", "dtable_cluster_admin {\n etcd \"\"\n}", "etcd: empty endpoint"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,7 +14,8 @@
 //     the site's handle_errors, or, in a site without, a JSON answer.
 //   - http.reverse_proxy.upstreams.dtable_bucket: DtableBucketUpstreams
 //     (dtable_bucket_upstreams.go) gives Caddy's reverse_proxy the chosen
-//     owner as its one upstream.
+//     owner as its one upstream, and aborts an attempt whose route
+//     changed before the dial, so the handler routes it again.
 //   - http.handlers.dtable_cluster_admin: DtableClusterAdmin
 //     (dtable_cluster_admin.go), the operator site: POST /rebalance/,
 //     GET /status, /nodes, /buckets, /lookup/<uuid>.

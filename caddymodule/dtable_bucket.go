@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -25,9 +26,10 @@ import (
 // moving bucket is held until the move commits or aborts, and one that
 // the owner answers 421 (not my bucket) is sent again by the newest
 // assignment, both within HandoffWait (handoff.go). A request it cannot
-// route is a routing error: 400 for a missing or malformed UUID, 503 with
-// Retry-After when the bucket has no registered owner or its handoff
-// outlasts the wait (see fail for how it is answered).
+// route is a routing error: 400 for a missing, malformed or ambiguous UUID
+// (uuidFinder), 503 with Retry-After when the bucket has no registered
+// owner or its handoff outlasts the wait (see fail for how it is
+// answered).
 //
 // It sets these placeholders on every request it sees, for later handlers
 // (header_up), handle_errors and logs (log_append):
@@ -87,15 +89,16 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 		h.UUIDQueryParams = DefaultUUIDQueryParams
 	}
 	for _, p := range h.UUIDPathPrefixes {
-		if !strings.HasPrefix(p, "/") {
-			return fmt.Errorf("uuid_path_prefixes: %q must start with /", p)
+		if err := checkPathPrefix(p); err != nil {
+			return fmt.Errorf("uuid_path_prefixes: %v", err)
 		}
-		if !strings.HasSuffix(p, "/") {
-			p += "/"
-		}
-		h.finder.pathPrefixes = append(h.finder.pathPrefixes, p)
 	}
-	h.finder.queryParams = h.UUIDQueryParams
+	for _, q := range h.UUIDQueryParams {
+		if err := checkQueryParam(q); err != nil {
+			return fmt.Errorf("uuid_query_params: %v", err)
+		}
+	}
+	h.finder = newUUIDFinder(h.UUIDPathPrefixes, h.UUIDQueryParams)
 	if h.NoUUID == "" {
 		h.NoUUID = "any_node"
 	}
@@ -133,9 +136,106 @@ func (h *DtableBucket) Validate() error {
 // Cleanup releases the shared follower; the last user stops it.
 func (h *DtableBucket) Cleanup() error { return h.release() }
 
-// routeVar is the request variable through which the chosen route goes
-// from the DtableBucket handler to the upstream source.
+// routeVar is the request variable through which the handler's choice
+// (*upstreamChoice) goes from the DtableBucket handler to the upstream
+// source.
 const routeVar = "dtable_bucket.route"
+
+// upstreamChoice is where the handler sends one attempt of a request.
+type upstreamChoice struct {
+	route *route
+	// noBase: the request names no base; any routable node will do, so
+	// the route stays valid while its node is routable.
+	noBase bool
+	// attempting is true while the attempt runs under run, which recovers
+	// errRouteChanged; changed is set when the upstream source found the
+	// route changed and aborted the attempt (nothing was sent).
+	attempting, changed bool
+}
+
+// errRouteChanged is the panic value with which the upstream source
+// aborts an attempt whose route changed before it was dialled:
+// reverse_proxy would otherwise retry the stale route until its
+// lb_try_duration and answer a bare 503. Like http.ErrAbortHandler, it
+// unwinds reverse_proxy's ServeHTTP, which has written nothing yet (the
+// source runs before each dial); run recovers it, and the handler sends
+// the request again by the newest table.
+var errRouteChanged = errors.New("dtable_bucket: the route changed before the dial")
+
+// maxReroutes bounds how often one request is sent again because its
+// route changed between the handler and the dial (each time needs a new
+// routing table); then it is answered 503 moved_during_request.
+const maxReroutes = 8
+
+// valid reports whether the choice still holds in the newest table, and
+// returns that table's route of the bucket.
+func (c *upstreamChoice) valid() (bool, *routeTable, *route) {
+	t, now := c.route.follower.lookup(c.route.bucket)
+	if c.noBase {
+		for _, n := range t.anyNode {
+			if n.sameTarget(c.route) {
+				return true, t, now
+			}
+		}
+		return false, t, now
+	}
+	return now.sameTarget(c.route), t, now
+}
+
+// describeChange says how the choice's route changed (now is the newest
+// table's route of its bucket).
+func (c *upstreamChoice) describeChange(t *routeTable, now *route) string {
+	old := c.route
+	switch {
+	case c.noBase:
+		return fmt.Sprintf("node %s, chosen for a request that names no base, no longer owns buckets or is not registered", old.nodeID)
+	case !now.ok:
+		return fmt.Sprintf("bucket %s changed during the request: %s", old.bucket, now.describe(t.version))
+	case now.nodeID != old.nodeID:
+		return fmt.Sprintf("bucket %s moved from %s to %s during the request", old.bucket, old.nodeID, now.nodeID)
+	}
+	return fmt.Sprintf("bucket %s: its owner %s changed its local_node_url during the request", old.bucket, old.nodeID)
+}
+
+// run runs next once for this choice, recovering the abort of an attempt
+// whose route changed (c.changed is then set, the returned error nil).
+// abortOK, if not nil, says (when the attempt ends) whether an
+// http.ErrAbortHandler panic is the caller's to recover too (see
+// bucketRequest.attempt).
+func (c *upstreamChoice) run(next caddyhttp.Handler, w http.ResponseWriter, r *http.Request, abortOK *bool) (err error) {
+	c.attempting, c.changed = true, false
+	defer func() {
+		c.attempting = false
+		if c.changed || (abortOK != nil && *abortOK) {
+			if v := recover(); v != nil && v != errRouteChanged && v != http.ErrAbortHandler {
+				panic(v)
+			}
+		}
+	}()
+	return next.ServeHTTP(w, r)
+}
+
+// unavailable turns a 503 that reverse_proxy returns as an error, with no
+// answer to pass on (its one upstream marked down by passive health
+// checks or at max_requests, or response retries run out), into a routing
+// error, so that it is answered like every other 503 of the proxy (JSON,
+// Retry-After); nil for any other error. An upstream's own 503 answer is
+// not an error: it passes as it is.
+func unavailable(err error, bucketName string, rt *route) *routingError {
+	if err == nil {
+		return nil
+	}
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != http.StatusServiceUnavailable {
+		return nil
+	}
+	what := "node " + rt.nodeID
+	if bucketName != "" {
+		what = "bucket " + bucketName + ": its owner " + rt.nodeID
+	}
+	return &routingError{status: http.StatusServiceUnavailable, bucket: bucketName, node: rt.nodeID, reason: reasonUpstreamUnavailable,
+		msg: fmt.Sprintf("%s: the proxy got no answer to pass on (%v)", what, he.Err)}
+}
 
 // Header names of the fencing headers sent upstream (client values are
 // replaced), as the server contract names them. They are in canonical
@@ -163,25 +263,41 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 	}
 	if h.NoUUID == "reject" {
 		return h.fail(w, r, &routingError{status: http.StatusBadRequest, reason: reasonMissingUUID,
-			msg: "the request names no base: expected a base UUID in the path (after " + strings.Join(h.finder.pathPrefixes, ", ") +
+			msg: "the request names no base: expected a base UUID in the path (after " + strings.Join(h.finder.prefixNames(), ", ") +
 				") or in the query (" + strings.Join(h.finder.queryParams, ", ") + ")"})
 	}
 	// No base: any node that owns buckets answers it (no hold, no epoch:
 	// it concerns no bucket).
-	t := h.follower.table.Load()
-	if len(t.anyNode) == 0 {
-		return h.fail(w, r, &routingError{status: http.StatusServiceUnavailable, reason: reasonNoNode,
-			msg: "no registered node owns buckets in the current assignment"})
-	}
-	rt := t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
-	setPlaceholders(r, "", rt.nodeID, "")
-	rt.requests.Inc()
+	c := &upstreamChoice{noBase: true}
+	path, rawPath := r.URL.Path, r.URL.RawPath
 	delete(r.Header, HeaderBucket)
 	delete(r.Header, HeaderBucketEpoch)
-	r.Header[HeaderVersion] = []string{t.versionStr}
-	applyPathPrefix(r, rt.pathPrefix)
-	caddyhttp.SetVar(r.Context(), routeVar, rt)
-	return next.ServeHTTP(w, r)
+	for tries := 0; ; tries++ {
+		t := h.follower.table.Load()
+		if len(t.anyNode) == 0 {
+			return h.fail(w, r, &routingError{status: http.StatusServiceUnavailable, reason: reasonNoNode,
+				msg: "no registered node owns buckets in the current assignment"})
+		}
+		rt := t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
+		setPlaceholders(r, "", rt.nodeID, "")
+		rt.requests.Inc()
+		r.Header[HeaderVersion] = []string{t.versionStr}
+		r.URL.Path, r.URL.RawPath = path, rawPath
+		applyPathPrefix(r, rt.pathPrefix)
+		c.route = rt
+		caddyhttp.SetVar(r.Context(), routeVar, c)
+		err := c.run(next, w, r, nil)
+		if !c.changed {
+			if e := unavailable(err, "", rt); e != nil {
+				return h.fail(w, r, e)
+			}
+			return err
+		}
+		if tries == maxReroutes {
+			return h.fail(w, r, &routingError{status: http.StatusServiceUnavailable, node: rt.nodeID, reason: reasonMoved,
+				msg: fmt.Sprintf("the node chosen for a request that names no base changed %d times before it could be sent", maxReroutes+1)})
+		}
+	}
 }
 
 // setPlaceholders sets all three placeholders, "" for what is unknown, so

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
@@ -161,31 +162,68 @@ func TestRoutedRequestPlaceholders(t *testing.T) {
 }
 
 // A bucket that moves between the handler and the proxy's dial is not
-// sent to its old owner, and handle_errors can tell why.
+// sent to its old owner: inside the handler's attempt the source aborts
+// it (the handler sends it again by the newest table); called on its own
+// it fails, and handle_errors can tell why. The message names the change.
 func TestUpstreamsRefuseAMovedBucket(t *testing.T) {
 	fw := unroutableFollower()
 	repl := caddy.NewReplacer()
 	r := caddyhttp.PrepareRequest(httptest.NewRequest("GET", "/dtables/"+uuidIn(0x5c), nil), repl, nil, &caddyhttp.Server{})
 	_, chosen := fw.lookup(0x5c)
-	caddyhttp.SetVar(r.Context(), routeVar, chosen)
+	choice := &upstreamChoice{route: chosen}
+	caddyhttp.SetVar(r.Context(), routeVar, choice)
 
 	ups, err := DtableBucketUpstreams{}.GetUpstreams(r)
 	if err != nil || len(ups) != 1 || ups[0].Dial != "127.0.0.1:5000" {
 		t.Fatalf("before the move: %v, %v", ups, err)
 	}
-	snap := *fw.table.Load().snap
-	assignment := *snap.Assignment
-	assignment.Owners[0x5c] = "ghost"
-	snap.Assignment = &assignment
-	fw.table.Store(buildTable(fw, &snap, nil))
+	for _, tt := range []struct {
+		name, owner, message string
+	}{
+		{"moved", "n2", "bucket 5c moved from n1 to n2 during the request"},
+		{"owner deregistered", "ghost", "bucket 5c changed during the request: bucket 5c: its owner ghost (assignment version 3) is not registered"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			snap := *fw.table.Load().snap
+			snap.Nodes = maps.Clone(snap.Nodes)
+			snap.Nodes["n2"] = schema.Node{NodeID: "n2", NodeURL: "https://n2/", LocalNodeURL: "http://127.0.0.1:5002/"}
+			assignment := *snap.Assignment
+			assignment.Owners[0x5c] = tt.owner
+			snap.Assignment = &assignment
+			fw.table.Store(buildTable(fw, &snap, nil))
+			defer fw.table.Store(buildTable(fw, unroutableFollower().table.Load().snap, nil))
 
-	ups, err = DtableBucketUpstreams{}.GetUpstreams(r)
-	if err == nil || len(ups) != 0 {
-		t.Fatalf("after the move: %v, %v; want an error", ups, err)
+			repl.Set(placeholderReason, "")
+			ups, err := DtableBucketUpstreams{}.GetUpstreams(r)
+			if err == nil || len(ups) != 0 || !strings.Contains(err.Error(), tt.message) {
+				t.Fatalf("after the move: %v, %v; want an error saying %q", ups, err, tt.message)
+			}
+			if got, _ := repl.GetString(placeholderReason); got != reasonMoved {
+				t.Errorf("{%s} = %q; want %s", placeholderReason, got, reasonMoved)
+			}
+			// Inside the handler's attempt: aborted, and recovered by run.
+			err = choice.run(caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				DtableBucketUpstreams{}.GetUpstreams(r)
+				t.Error("GetUpstreams returned inside the attempt")
+				return nil
+			}), httptest.NewRecorder(), r, nil)
+			if err != nil || !choice.changed || choice.attempting {
+				t.Errorf("run: %v, changed %v, attempting %v; want the attempt aborted", err, choice.changed, choice.attempting)
+			}
+		})
 	}
-	if got, _ := repl.GetString(placeholderReason); got != reasonMoved {
-		t.Errorf("{%s} = %q; want %s", placeholderReason, got, reasonMoved)
-	}
+}
+
+// Another panic in an attempt is not swallowed.
+func TestAttemptDoesNotSwallowOtherPanics(t *testing.T) {
+	c := &upstreamChoice{}
+	defer func() {
+		if v := recover(); v != "boom" {
+			t.Fatalf("recovered %v; want the panic to pass", v)
+		}
+	}()
+	c.run(caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { panic("boom") }),
+		httptest.NewRecorder(), httptest.NewRequest("GET", "/", nil), new(true))
 }
 
 // The handler sets the fencing headers by map key, which needs their

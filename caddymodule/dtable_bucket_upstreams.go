@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
@@ -13,10 +12,14 @@ import (
 // DtableBucketUpstreams is the http.reverse_proxy.upstreams.dtable_bucket
 // dynamic upstream source: it returns the one node the DtableBucket handler
 // chose for the request. Caddy calls it again on every retry; if the
-// bucket's owner changed meanwhile it fails (the request is then not sent
-// anywhere and ends in 503, with {http.dtable_bucket.reason}
-// moved_during_request), so a request is never dialled to a node that no
-// longer owns its bucket.
+// bucket's route changed meanwhile (its owner moved or is no longer
+// registered), the request is not sent to the old owner: the source aborts
+// the attempt (errRouteChanged) and the handler sends the request again
+// by the newest table at once, so it reaches the new owner (or is held
+// while the bucket moves, or gets the module's 503) instead of waiting
+// out lb_try_duration. Used without the handler's attempt (not through
+// dtable_bucket_proxy), it fails instead, with {http.dtable_bucket.reason}
+// moved_during_request.
 type DtableBucketUpstreams struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -33,19 +36,22 @@ var errNoRoute = errors.New("dtable_bucket upstreams: no route chosen for this r
 // GetUpstreams returns a fresh Upstream (Caddy mutates them) for the
 // chosen node.
 func (DtableBucketUpstreams) GetUpstreams(r *http.Request) ([]*reverseproxy.Upstream, error) {
-	chosen, ok := caddyhttp.GetVar(r.Context(), routeVar).(*route)
-	if !ok || chosen == nil {
+	c, ok := caddyhttp.GetVar(r.Context(), routeVar).(*upstreamChoice)
+	if !ok || c == nil || c.route == nil {
 		return nil, errNoRoute
 	}
-	if _, now := chosen.follower.lookup(chosen.bucket); !now.sameTarget(chosen) {
+	if valid, t, now := c.valid(); !valid {
+		if c.attempting {
+			c.changed = true
+			panic(errRouteChanged) // recovered by upstreamChoice.run
+		}
 		errorCounter(reasonMoved).Inc()
 		// reverse_proxy ends the request with 503; handle_errors and logs
 		// see why.
 		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 			repl.Set(placeholderReason, reasonMoved)
 		}
-		return nil, fmt.Errorf("bucket %s moved from %s to %q during the request; not sending it to the old owner",
-			chosen.bucket, chosen.nodeID, now.nodeID)
+		return nil, errors.New(c.describeChange(t, now) + "; not sending it to the old owner")
 	}
-	return []*reverseproxy.Upstream{{Dial: chosen.dial}}, nil
+	return []*reverseproxy.Upstream{{Dial: c.route.dial}}, nil
 }

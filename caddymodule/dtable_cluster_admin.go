@@ -2,10 +2,14 @@ package caddymodule
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -30,14 +34,28 @@ import (
 //	GET  /lookup/<uuid>           bucket, node_id, node_url, local_node_url of a base
 //
 // Other paths go to the next handler.
+//
+// With a Token, every request (also one for another path) needs the header
+// "Authorization: Bearer <token>"; without it, or with another token, the
+// answer is 401. A POST is refused when a browser sends it from another
+// site (Sec-Fetch-Site, else Origin against Host: 403) and when its body
+// is not JSON (any Content-Type but application/json: 415), so a web page
+// cannot make a visitor's browser rebalance the cluster. dry_run takes 1,
+// true, 0 or false; any other value is 400.
 type DtableClusterAdmin struct {
 	EtcdConfig
 	// RequestTimeout bounds a rebalance request; default 10s.
 	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
+	// Token, if set, is the bearer token every request must carry.
+	// Placeholders are expanded once, at provisioning (write
+	// {env.DTABLE_ADMIN_TOKEN} to keep it out of the config); a token that
+	// expands to nothing is an error, not an open site.
+	Token string `json:"token,omitempty"`
 
 	followerRef
-	log  *zap.Logger
-	from string
+	log   *zap.Logger
+	from  string
+	token *[sha256.Size]byte // the token's digest; nil without a token
 }
 
 // CaddyModule returns the Caddy module information.
@@ -54,6 +72,14 @@ func (h *DtableClusterAdmin) Provision(ctx caddy.Context) error {
 	}
 	host, _ := os.Hostname()
 	h.from = "caddy@" + host
+	if h.Token != "" {
+		token := caddy.NewReplacer().ReplaceKnown(h.Token, "")
+		if token == "" {
+			return fmt.Errorf("token: %q expands to an empty string (is the variable set?)", h.Token)
+		}
+		sum := sha256.Sum256([]byte(token))
+		h.token = &sum
+	}
 	return h.join(ctx, h.EtcdConfig)
 }
 
@@ -61,6 +87,11 @@ func (h *DtableClusterAdmin) Provision(ctx caddy.Context) error {
 func (h *DtableClusterAdmin) Cleanup() error { return h.release() }
 
 func (h *DtableClusterAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.token != nil && !h.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="dtable-cluster-admin"`)
+		return writeJSON(w, http.StatusUnauthorized, map[string]string{
+			"error": "the operator site needs its token: send Authorization: Bearer <token>"})
+	}
 	path := r.URL.Path
 	switch {
 	case path == "/rebalance/" || path == "/rebalance":
@@ -83,19 +114,87 @@ func (h *DtableClusterAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request, n
 	return next.ServeHTTP(w, r)
 }
 
+// authorized reports whether r carries the token, comparing in constant
+// time (digests of equal length, so the token's length does not show).
+func (h *DtableClusterAdmin) authorized(r *http.Request) bool {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return subtle.ConstantTimeCompare(sum[:], h.token[:]) == 1
+}
+
+// crossOrigin refuses unsafe requests a browser sends from another
+// origin: by Sec-Fetch-Site, else by Origin against Host.
+var crossOrigin = http.NewCrossOriginProtection()
+
 func (h *DtableClusterAdmin) only(w http.ResponseWriter, r *http.Request, method string, fn func(http.ResponseWriter, *http.Request) error) error {
 	if r.Method != method && !(method == http.MethodGet && r.Method == http.MethodHead) {
 		w.Header().Set("Allow", method)
 		return writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": r.URL.Path + " takes " + method})
 	}
+	if method == http.MethodPost {
+		if err := crossOrigin.Check(r); err != nil {
+			h.log.Warn("cross-origin request refused", zap.String("path", r.URL.Path), zap.String("origin", r.Header.Get("Origin")),
+				zap.String("sec_fetch_site", r.Header.Get("Sec-Fetch-Site")), zap.String("remote", r.RemoteAddr))
+			return writeJSON(w, http.StatusForbidden, map[string]string{"error": "cross-origin request refused: " +
+				r.URL.Path + " takes POSTs from the operator (curl, the monitor CLI), not from another site's page"})
+		}
+		if ct := r.Header.Get("Content-Type"); ct != "" {
+			if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+				return writeJSON(w, http.StatusUnsupportedMediaType, map[string]string{"error": fmt.Sprintf(
+					"Content-Type %q: %s takes no body or a JSON one (application/json); form posts are refused", mediaType(ct), r.URL.Path)})
+			}
+		}
+	}
 	return fn(w, r)
+}
+
+// mediaType is a Content-Type without its parameters, for messages.
+func mediaType(ct string) string {
+	mt, _, _ := strings.Cut(ct, ";")
+	return strings.TrimSpace(mt)
+}
+
+// parseDryRun reads the dry_run query parameter: absent, 0 or false is a
+// real run; 1 or true a dry run; anything else (also repeated values that
+// disagree) an error naming the value.
+func parseDryRun(rawQuery string) (bool, error) {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return false, fmt.Errorf("query: %v", err)
+	}
+	values, ok := q["dry_run"]
+	if !ok {
+		return false, nil
+	}
+	var dry bool
+	for i, v := range values {
+		var d bool
+		switch v {
+		case "1", "true":
+			d = true
+		case "0", "false":
+		default:
+			return false, fmt.Errorf("dry_run: %q; want 1, true, 0 or false", v)
+		}
+		if i > 0 && d != dry {
+			return false, fmt.Errorf("dry_run: given as %q and %q", values[0], v)
+		}
+		dry = d
+	}
+	return dry, nil
 }
 
 // rebalance asks the leading monitor through etcd and relays its answer:
 // 200 with the result, 409 if the monitor refused, 503 if none answered.
 func (h *DtableClusterAdmin) rebalance(w http.ResponseWriter, r *http.Request) error {
-	dry := r.URL.Query().Get("dry_run")
-	req := monitorapi.Request{Op: monitorapi.OpRebalance, DryRun: dry == "1" || dry == "true", From: h.from}
+	dry, err := parseDryRun(r.URL.RawQuery)
+	if err != nil {
+		return writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+	}
+	req := monitorapi.Request{Op: monitorapi.OpRebalance, DryRun: dry, From: h.from}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.RequestTimeout))
 	defer cancel()
 	resp, err := monitorapi.Send(ctx, h.follower.cli, h.follower.layout, req)

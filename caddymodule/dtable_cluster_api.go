@@ -1,8 +1,12 @@
 package caddymodule
 
 import (
+	"cmp"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -16,7 +20,10 @@ import (
 //	GET /dtable-cluster/nodes    per cluster: nodes
 //	GET /dtable-cluster/buckets  per cluster: the 256 buckets and their owners
 //
-// Results are keyed by etcd prefix.
+// Results are keyed by etcd prefix. When several shared followers follow
+// one prefix (the proxy site names etcd by endpoints, the admin site by
+// config; the endpoints in another order; other credentials), each is
+// listed, keyed "<prefix> (etcd <its endpoints>)" (see viewKeys).
 type DtableClusterAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -32,7 +39,9 @@ func (DtableClusterAPI) Routes() []caddy.AdminRoute {
 				return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: errMethod}
 			}
 			out := map[string]any{}
-			forEachFollower(func(fw *follower) { out[fw.layout.Prefix] = fn(fw, r) })
+			for key, fw := range viewKeys() {
+				out[key] = fn(fw, r)
+			}
 			return writeJSON(w, http.StatusOK, out)
 		}
 	}
@@ -44,3 +53,30 @@ func (DtableClusterAPI) Routes() []caddy.AdminRoute {
 }
 
 var errMethod = errors.New("method not allowed: use GET")
+
+// viewKeys names every running follower for the admin API: by its prefix
+// when it is the prefix's only follower; else by its prefix and etcd
+// endpoints as configured, and, if two share those too (other TLS or auth
+// settings), a number.
+func viewKeys() map[string]*follower {
+	byPrefix := map[string][]*follower{}
+	forEachFollower(func(fw *follower) { byPrefix[fw.layout.Prefix] = append(byPrefix[fw.layout.Prefix], fw) })
+	out := map[string]*follower{}
+	for prefix, fws := range byPrefix {
+		if len(fws) == 1 {
+			out[prefix] = fws[0]
+			continue
+		}
+		slices.SortFunc(fws, func(a, b *follower) int {
+			return cmp.Compare(strings.Join(a.endpoints, ","), strings.Join(b.endpoints, ","))
+		})
+		for _, fw := range fws {
+			key := fmt.Sprintf("%s (etcd %s)", prefix, strings.Join(fw.endpoints, ","))
+			for n := 2; out[key] != nil; n++ {
+				key = fmt.Sprintf("%s (etcd %s) #%d", prefix, strings.Join(fw.endpoints, ","), n)
+			}
+			out[key] = fw
+		}
+	}
+	return out
+}

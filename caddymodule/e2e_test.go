@@ -1,7 +1,9 @@
 package caddymodule
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -72,6 +74,10 @@ type env struct {
 // backends (optionally wrapped).
 type extraConfig struct {
 	global, proxySite, proxyBlock string
+	adminBlock                    string     // lines in the dtable_cluster_admin block
+	lbTry                         string     // lb_try_duration of the proxy; default 500ms
+	adminEtcd                     string     // where the admin site finds etcd; default the etcd line of the proxy site
+	beforeLoad                    func(*env) // runs once etcd runs, before Caddy loads the config
 	strict                        bool
 	wrap                          func(node string, h http.Handler) http.Handler
 }
@@ -98,6 +104,9 @@ func setupWith(t *testing.T, extra extraConfig) *env {
 		e.put(layout.NodeKey(n), schema.Node{NodeID: n, NodeURL: "https://" + n + ".example.com/", LocalNodeURL: local}.Encode())
 	}
 	e.putAssignment(1, nil)
+	if extra.beforeLoad != nil {
+		extra.beforeLoad(e)
+	}
 	e.load()
 	return e
 }
@@ -116,18 +125,19 @@ func (e *env) config() string {
 :%d {
 	dtable_bucket_proxy {
 		etcd %s
-		lb_try_duration 500ms
+		lb_try_duration %s
 %s
 	}
 %s
 }
 :%d {
 	dtable_cluster_admin {
-		etcd %s
+		%s
 		request_timeout 1500ms
+%s
 	}
 }
-`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, eps)
+`, adminPort, httpPort, httpsPort, e.extra.global, proxyPort, eps, cmp.Or(e.extra.lbTry, "500ms"), e.extra.proxyBlock, e.extra.proxySite, siteAdminPort, cmp.Or(e.extra.adminEtcd, "etcd "+eps), e.extra.adminBlock)
 }
 
 func (e *env) load() {
@@ -192,6 +202,11 @@ func (e *env) routedVersion() int64 {
 		}
 	})
 	return got
+}
+
+// clusterLabels are the labels of the test cluster's follower metrics.
+func (e *env) clusterLabels() string {
+	return fmt.Sprintf(`etcd=%q,prefix="/dtable-cluster"`, strings.TrimPrefix(e.etcd.Endpoints()[0], "http://"))
 }
 
 func uuidIn(b bucket.Bucket) string {
@@ -532,7 +547,7 @@ func TestEtcdOutageKeepsRoutingAndIsReported(t *testing.T) {
 		}
 	}
 	m := do(t, "GET", fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
-	if !strings.Contains(m.raw, `caddy_dtable_etcd_connected{prefix="/dtable-cluster"} 0`) {
+	if !strings.Contains(m.raw, `caddy_dtable_etcd_connected{`+e.clusterLabels()+`} 0`) {
 		t.Errorf("metrics do not show the outage:\n%s", grepLines(m.raw, "caddy_dtable"))
 	}
 	e.etcd.Restart(0)
@@ -592,7 +607,7 @@ func TestAdminSiteLookupNodesBucketsAndMetrics(t *testing.T) {
 	do(t, "GET", proxyURL("/dtables/xyz"), nil)
 	m := do(t, "GET", fmt.Sprintf("http://localhost:%d/metrics", adminPort), nil)
 	for _, want := range []string{`caddy_dtable_requests_total{node="n3"}`, `caddy_dtable_routing_errors_total{reason="malformed_uuid"}`,
-		`caddy_dtable_assignment_version{prefix="/dtable-cluster"} 1`, `caddy_dtable_etcd_connected{prefix="/dtable-cluster"} 1`,
+		`caddy_dtable_assignment_version{` + e.clusterLabels() + `} 1`, `caddy_dtable_etcd_connected{` + e.clusterLabels() + `} 1`,
 		`caddy_dtable_assignment_age_seconds`} {
 		if !strings.Contains(m.raw, want) {
 			t.Errorf("metrics lack %s:\n%s", want, grepLines(m.raw, "caddy_dtable"))
@@ -687,4 +702,37 @@ func TestRebalanceThroughTheAdminSite(t *testing.T) {
 		t.Fatalf("POST /rebalance/ on 5550 was served: %s", p.raw)
 	}
 
+}
+
+// rawDo sends one request with the request target exactly as given (no
+// client normalises it) and reads the answer.
+func rawDo(t *testing.T, port int, method, target string, header map[string]string) answer {
+	t.Helper()
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	var req strings.Builder
+	fmt.Fprintf(&req, "%s %s HTTP/1.1\r\n", method, target)
+	if _, ok := header["Host"]; !ok {
+		fmt.Fprintf(&req, "Host: 127.0.0.1:%d\r\n", port)
+	}
+	for k, v := range header {
+		fmt.Fprintf(&req, "%s: %s\r\n", k, v)
+	}
+	req.WriteString("Connection: close\r\n\r\n")
+	if _, err := io.WriteString(conn, req.String()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, header: resp.Header, raw: string(raw)}
+	json.Unmarshal(raw, &a.body)
+	return a
 }

@@ -1,7 +1,10 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +28,9 @@ var watchProgressInterval = 5 * time.Second
 // handlers (LoadOrNew finds the running follower) before it cleans up the
 // old ones (Delete), so a reload neither reconnects nor re-lists.
 var followers = caddy.NewUsagePool()
+
+// followerSeq numbers the followers in the order they start.
+var followerSeq atomic.Uint64
 
 // acquireFollower returns the shared follower for cfg, starting it if none
 // runs; release it with followers.Delete(key) in Cleanup. It never waits for
@@ -82,6 +88,8 @@ func forEachFollower(fn func(*follower)) {
 type follower struct {
 	layout    schema.Layout
 	endpoints []string
+	etcdLabel string // the endpoints as the metrics label them (etcdLabel)
+	seq       uint64 // order of start, to list followers in a stable order
 	cli       *clientv3.Client
 	watcher   *watch.Watcher
 	log       *zap.Logger
@@ -91,10 +99,12 @@ type follower struct {
 	// rr spreads requests without a UUID over the nodes.
 	rr atomic.Uint64
 
-	// streamsMu orders stream registration against table changes, so a
-	// WebSocket opened to a bucket's old owner is always closed.
+	// streamsMu orders stream registration against table changes and
+	// Destruct, so a WebSocket opened to a bucket's old owner is always
+	// closed.
 	streamsMu sync.Mutex
 	streams   [bucket.Count]map[*stream]struct{}
+	destroyed bool // Destruct ran: no table change will close streams any more
 
 	stop chan struct{}
 	done chan struct{}
@@ -113,7 +123,7 @@ func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, er
 		return nil, err
 	}
 	fw := &follower{
-		layout: layout, endpoints: opts.Endpoints, cli: cli, log: log,
+		layout: layout, endpoints: opts.Endpoints, etcdLabel: etcdLabel(opts.Endpoints), seq: followerSeq.Add(1), cli: cli, log: log,
 		watcher: watch.New(watch.Config{Client: cli, Layout: layout, Logger: log.Named("watch"),
 			ProgressInterval: watchProgressInterval}),
 		stop: make(chan struct{}), done: make(chan struct{}),
@@ -126,8 +136,30 @@ func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, er
 }
 
 // Destruct stops following etcd; the pool calls it when no config uses
-// the cluster any more.
+// the cluster any more. It closes the follower's open streams: once it
+// stops, no table change would close them when their bucket moves, and a
+// WebSocket kept across a reload (stream_close_delay) would go on
+// reaching the old owner. A reload that keeps the etcd settings keeps the
+// follower, and its streams; one that changes them (endpoints, their
+// order, TLS, auth, prefix) starts another follower and ends these
+// streams: the clients reconnect through the new one.
 func (fw *follower) Destruct() error {
+	fw.streamsMu.Lock()
+	fw.destroyed = true
+	closed := 0
+	for b := range fw.streams {
+		for s := range fw.streams[b] {
+			s.cancel()
+			closed++
+		}
+		fw.streams[b] = nil
+	}
+	fw.streamsMu.Unlock()
+	if closed > 0 {
+		streamsClosedTotal.Add(float64(closed))
+		fw.log.Info("closed the WebSocket streams of a follower no config uses any more (its etcd settings changed); clients reconnect",
+			zap.Int("streams_closed", closed))
+	}
 	close(fw.stop)
 	<-fw.done
 	fw.watcher.Stop()
@@ -173,6 +205,7 @@ func (fw *follower) install(next *routeTable) {
 	prev := fw.table.Swap(next)
 	var changed, closed int
 	var outcomes handoffOutcomes
+	var lost unroutableBuckets
 	for b := range bucket.Count {
 		p, n := &prev.routes[b], &next.routes[b]
 		if p.changed == n.changed {
@@ -181,6 +214,7 @@ func (fw *follower) install(next *routeTable) {
 		close(p.changed)
 		changed++
 		outcomes.add(p, n)
+		lost.add(p, n)
 		for s := range fw.streams[b] {
 			if n.moving || !s.route.sameTarget(n) {
 				s.cancel()
@@ -197,6 +231,31 @@ func (fw *follower) install(next *routeTable) {
 			zap.Int("buckets_changed", changed), zap.Int("streams_closed", closed), zap.Int("nodes", len(next.anyNode)),
 			zap.Int("moves_started", outcomes.started), zap.Int("handoffs_committed", outcomes.committed),
 			zap.Int("handoffs_aborted", outcomes.aborted), zap.Int("handoffs_forced", outcomes.forced))
+	}
+	lost.log(fw.log, next.version)
+}
+
+// unroutableBuckets collects the buckets a table change leaves without a
+// routable owner, by reason and owner, so that each such change is logged
+// once (their requests are answered 503 until it changes again; they do
+// not log).
+type unroutableBuckets map[[2]string][]string
+
+func (u *unroutableBuckets) add(p, n *route) {
+	if n.ok || (!p.ok && p.reason == n.reason && p.nodeID == n.nodeID) {
+		return
+	}
+	if *u == nil {
+		*u = unroutableBuckets{}
+	}
+	k := [2]string{n.reason, n.nodeID}
+	(*u)[k] = append((*u)[k], n.bucket.String())
+}
+
+func (u unroutableBuckets) log(log *zap.Logger, version int64) {
+	for _, k := range slices.SortedFunc(maps.Keys(u), func(a, b [2]string) int { return cmp.Compare(a[0]+"\x00"+a[1], b[0]+"\x00"+b[1]) }) {
+		log.Warn("buckets without a routable owner", zap.String("reason", k[0]), zap.String("node", k[1]),
+			zap.Strings("buckets", u[k]), zap.Int64("version", version))
 	}
 }
 
@@ -248,12 +307,19 @@ func (fw *follower) lookup(b bucket.Bucket) (*routeTable, *route) {
 // the route is routable and its bucket is not moving, registers cancel to
 // be called when the bucket starts moving or changes owner (install). The
 // returned function unregisters it. A moving bucket's stream is not registered: its
-// request is held first (DtableBucket.serveBucket) and opens again.
+// request is held first (DtableBucket.serveBucket) and opens again. A
+// stream opened on a follower that was destroyed (a request still served
+// by a config being unloaded) is cancelled at once: nothing would close
+// it when its bucket moves.
 func (fw *follower) openStream(b bucket.Bucket, cancel context.CancelFunc) (*routeTable, *route, func()) {
 	fw.streamsMu.Lock()
 	defer fw.streamsMu.Unlock()
 	t := fw.table.Load()
 	rt := &t.routes[b]
+	if fw.destroyed {
+		cancel()
+		return t, rt, func() {}
+	}
 	if !rt.ok || rt.moving {
 		return t, rt, func() {}
 	}

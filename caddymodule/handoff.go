@@ -124,13 +124,27 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 		r.Header[HeaderVersion] = []string{t.versionStr}
 		r.URL.Path, r.URL.RawPath = path, rawPath
 		applyPathPrefix(r, rt.pathPrefix)
-		caddyhttp.SetVar(r.Context(), routeVar, rt)
+		br.choice.route = rt
+		caddyhttp.SetVar(r.Context(), routeVar, &br.choice)
 		br.rw.reset()
 		err := br.attempt(next, r)
 		if upgrade {
 			unregister()
 		}
+		if br.choice.changed {
+			// The route changed before the dial; nothing was sent. Send
+			// it again by the newest table.
+			br.rw.before.restore(w.Header())
+			if e := br.reroute(r, rt); e != nil {
+				return br.fail(w, r, e)
+			}
+			continue
+		}
 		if !br.rw.notMine {
+			if e := unavailable(err, bucketName, rt); e != nil && br.rw.state == rwPending {
+				br.rw.before.restore(w.Header())
+				return br.fail(w, r, e)
+			}
 			return err
 		}
 		// The owner said the bucket is not its own (yet, or any more).
@@ -179,6 +193,8 @@ type bucketRequest struct {
 	rw        retryWriter
 	body      *replayBody // nil: the request has no body; else &bodyStore
 	bodyStore replayBody
+	choice    upstreamChoice // the current attempt's, for the upstream source
+	reroutes  int            // attempts aborted because the route changed
 
 	// The hold window: set when the request first waits.
 	deadline time.Time
@@ -192,16 +208,39 @@ type bucketRequest struct {
 // attempt runs the next handler (reverse_proxy) once. If the upstream's
 // 421 is being dropped and reading its body fails, reverse_proxy aborts
 // with http.ErrAbortHandler; nothing reached the client, so that is
-// recovered and the request is tried again like any 421.
+// recovered and the request is tried again like any 421. An attempt whose
+// route changed before the dial is aborted and recovered too
+// (br.choice.changed).
 func (br *bucketRequest) attempt(next caddyhttp.Handler, r *http.Request) error {
-	defer func() {
-		if br.rw.notMine {
-			if v := recover(); v != nil && v != http.ErrAbortHandler {
-				panic(v)
-			}
+	return br.choice.run(next, &br.rw, r, &br.rw.notMine)
+}
+
+// reroute prepares a request whose route rt changed before it was
+// dialled to be sent again: its body from the start. It returns the
+// routing error that ends the request instead: it was re-routed too
+// often, or its body was partly read and not kept.
+func (br *bucketRequest) reroute(r *http.Request, rt *route) *routingError {
+	t, now := rt.follower.lookup(rt.bucket)
+	change := br.choice.describeChange(t, now)
+	if c := br.h.logCheck(zapcore.DebugLevel, "route changed before the dial: sending the request again by the newest table"); c != nil {
+		c.Write(zap.String("bucket", rt.bucket.String()), zap.String("change", change))
+	}
+	br.reroutes++
+	fail := func(why string) *routingError {
+		return &routingError{status: http.StatusServiceUnavailable, bucket: rt.bucket.String(), node: rt.nodeID, reason: reasonMoved,
+			msg: change + "; " + why}
+	}
+	if br.reroutes > maxReroutes {
+		return fail(fmt.Sprintf("it changed %d times before the request could be sent", br.reroutes))
+	}
+	if br.body != nil {
+		body, ok := br.body.again()
+		if !ok {
+			return fail("the request body was partly sent and is too large to send again")
 		}
-	}()
-	return next.ServeHTTP(&br.rw, r)
+		r.Body = body
+	}
+	return nil
 }
 
 // wait holds the request until rt, the route it was (or would have been)

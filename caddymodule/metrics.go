@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"errors"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,12 +50,33 @@ var (
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 12),
 	})
 	followerStates = &followerCollector{
-		version: prometheus.NewDesc("caddy_dtable_assignment_version", "Version of the assignment the proxy routes by.", []string{"prefix"}, nil),
-		age:     prometheus.NewDesc("caddy_dtable_assignment_age_seconds", "Seconds since the routing table last changed.", []string{"prefix"}, nil),
-		up:      prometheus.NewDesc("caddy_dtable_etcd_connected", "1 if the etcd watch is up and etcd answered recently, else 0.", []string{"prefix"}, nil),
-		nodes:   prometheus.NewDesc("caddy_dtable_nodes", "Registered nodes.", []string{"prefix"}, nil),
+		version: prometheus.NewDesc("caddy_dtable_assignment_version", "Version of the assignment the proxy routes by.", clusterLabels, nil),
+		age:     prometheus.NewDesc("caddy_dtable_assignment_age_seconds", "Seconds since the routing table last changed.", clusterLabels, nil),
+		up:      prometheus.NewDesc("caddy_dtable_etcd_connected", "1 if the etcd watch is up and etcd answered recently, else 0.", clusterLabels, nil),
+		nodes:   prometheus.NewDesc("caddy_dtable_nodes", "Registered nodes.", clusterLabels, nil),
 	}
 )
+
+// clusterLabels name a followed cluster: its key prefix and its etcd
+// endpoints (etcdLabel). Several shared followers can follow one cluster
+// (the proxy site names etcd by endpoints, the admin site by config; the
+// endpoints in another order; other credentials): the collector reports
+// each cluster once, so their series never collide.
+var clusterLabels = []string{"prefix", "etcd"}
+
+// etcdLabel is the etcd label of a cluster: its endpoints without scheme
+// or trailing slash, lower case, sorted, without repeats, comma-separated,
+// so that every way of writing one endpoint list gives one label.
+func etcdLabel(endpoints []string) string {
+	var eps []string
+	for _, ep := range endpoints {
+		ep = strings.ToLower(strings.TrimRight(ep, "/"))
+		ep = strings.TrimPrefix(strings.TrimPrefix(ep, "http://"), "https://")
+		eps = append(eps, ep)
+	}
+	slices.Sort(eps)
+	return strings.Join(slices.Compact(eps), ",")
+}
 
 // errorCounter returns the counter of one routing error reason.
 func errorCounter(reason string) prometheus.Counter {
@@ -90,20 +113,45 @@ func (c *followerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.nodes
 }
 
+// Collect reports each followed cluster (prefix and etcd label) once: of
+// the followers of one cluster, the one whose view is the freshest (etcd
+// connected, then the newest assignment, then the newest table).
 func (c *followerCollector) Collect(ch chan<- prometheus.Metric) {
+	type view struct {
+		version   int64
+		builtAt   time.Time
+		connected bool
+		nodes     int
+	}
+	fresher := func(a, b view) bool {
+		if a.connected != b.connected {
+			return a.connected
+		}
+		if a.version != b.version {
+			return a.version > b.version
+		}
+		return a.builtAt.After(b.builtAt)
+	}
+	clusters := map[[2]string]view{}
 	forEachFollower(func(fw *follower) {
 		t := fw.table.Load()
+		v := view{version: t.version, builtAt: t.builtAt, connected: fw.watcher.Status().Connected}
+		if t.snap != nil {
+			v.nodes = len(t.snap.Nodes)
+		}
+		k := [2]string{fw.layout.Prefix, fw.etcdLabel}
+		if seen, ok := clusters[k]; !ok || fresher(v, seen) {
+			clusters[k] = v
+		}
+	})
+	for k, v := range clusters {
 		connected := 0.0
-		if fw.watcher.Status().Connected {
+		if v.connected {
 			connected = 1
 		}
-		ch <- prometheus.MustNewConstMetric(c.version, prometheus.GaugeValue, float64(t.version), fw.layout.Prefix)
-		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, time.Since(t.builtAt).Seconds(), fw.layout.Prefix)
-		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, connected, fw.layout.Prefix)
-		n := 0
-		if t.snap != nil {
-			n = len(t.snap.Nodes)
-		}
-		ch <- prometheus.MustNewConstMetric(c.nodes, prometheus.GaugeValue, float64(n), fw.layout.Prefix)
-	})
+		ch <- prometheus.MustNewConstMetric(c.version, prometheus.GaugeValue, float64(v.version), k[0], k[1])
+		ch <- prometheus.MustNewConstMetric(c.age, prometheus.GaugeValue, time.Since(v.builtAt).Seconds(), k[0], k[1])
+		ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, connected, k[0], k[1])
+		ch <- prometheus.MustNewConstMetric(c.nodes, prometheus.GaugeValue, float64(v.nodes), k[0], k[1])
+	}
 }

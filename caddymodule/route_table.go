@@ -70,8 +70,18 @@ const (
 	reasonBadNodeURL    = "owner_url_invalid"
 	reasonMissingUUID   = "missing_uuid"
 	reasonMalformedUUID = "malformed_uuid"
-	reasonNoNode        = "no_node"
-	reasonMoved         = "moved_during_request"
+	// The request could name another base than the one the proxy reads:
+	// dot segments, encoded slashes, empty segments before the UUID,
+	// conflicting UUIDs (see uuidFinder).
+	reasonAmbiguous = "ambiguous_request"
+	reasonNoNode    = "no_node"
+	// The route changed between the handler and the dial more often than
+	// maxReroutes, or after part of the body was sent (else the request is
+	// sent again by the newest table).
+	reasonMoved = "moved_during_request"
+	// reverse_proxy ended with 503 and no answer to pass on (the owner
+	// marked down by passive health checks, max_requests).
+	reasonUpstreamUnavailable = "upstream_unavailable"
 	// A request for a moving bucket was held and the move neither
 	// committed nor aborted within handoff_wait.
 	reasonHandoff = "handoff_in_progress"
