@@ -136,7 +136,8 @@ func TestChecksCatchMistakes(t *testing.T) {
 		{"bad port", "valid", proxyNode, proxyNode, `"5550:5550"`, `"55a50:5550"`},
 		{"monitor renamed", "services", cluster, cluster, "dtable-cluster-monitor-02:\n", "dtable-cluster-monitor-03:\n"},
 		{"proxy-node monitor renamed", "services", proxyNode, proxyNode, "dtable-cluster-monitor:\n", "cluster-monitor:\n"},
-		{"5555 published as 5556", "proxy ports", cluster, cluster, `"5555:5555"`, `"5556:5555"`},
+		{"5555 published as 5556", "proxy ports", cluster, cluster, `:5555:5555"`, `:5556:5555"`},
+		{"operator site bound to loopback in the container", "caddyfile", cluster, cluster, "DTABLE_ADMIN_BIND: 0.0.0.0", "DTABLE_ADMIN_BIND: 127.0.0.1"},
 		{"5550 sent to 5551", "proxy ports", proxyNode, proxyNode, `"5550:5550"`, `"5550:5551"`},
 		{"server-02 mounts server-01's config", "server configs", cluster, cluster, "./deploy/dtable-server-02:", "./deploy/dtable-server-01:"},
 		{"notify-url to the other server", "server configs", cluster, cluster, "http://dtable-server-01:8000/_cluster/notify", "http://dtable-server-02:8000/_cluster/notify"},
@@ -862,9 +863,15 @@ func checkCaddyfile(d *deployment) []string {
 				bad("%s: server %s: %s uses prefix %q, the registrars and monitors %q", rel, name, kind, p, prefix)
 			}
 			for _, l := range srv.Listen {
-				if _, port, err := net.SplitHostPort(l); err == nil {
+				if host, port, err := net.SplitHostPort(l); err == nil {
 					var n uint32
 					fmt.Sscan(port, &n)
+					if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+						// Inside a container a loopback listener cannot be
+						// reached through a published port.
+						bad("%s: server %s listens on %s, a loopback address inside the container", rel, name, l)
+						continue
+					}
 					served[n] = append(served[n], kind)
 				}
 			}
@@ -1135,7 +1142,7 @@ func findHandlers(v any, out *[]map[string]any) {
 // Caddyfile reads {$VAR}s when it is adapted), and the Caddyfile's own
 // variables unset unless the service sets them.
 func withEnv(env types.MappingWithEquals, f func()) {
-	names := []string{"ETCD_ENDPOINTS", "DTABLE_PREFIX", "ETCD_PASSWORD"}
+	names := []string{"ETCD_ENDPOINTS", "DTABLE_PREFIX", "ETCD_PASSWORD", "DTABLE_ADMIN_BIND", "DTABLE_ADMIN_TOKEN"}
 	for k := range env {
 		names = append(names, k)
 	}
