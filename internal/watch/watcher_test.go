@@ -459,21 +459,7 @@ func TestDeletedAssignmentKeepsTheLastGoodOne(t *testing.T) {
 				for _, v := range tc.values {
 					put(t, cli, layout.AssignmentKey(), v)
 				}
-				var lists atomic.Int32
-				hook = func(int64) {
-					if lists.Add(1) != 1 {
-						return
-					}
-					// Between the first list and the watch: delete, then
-					// compact it away, so the watch fails and lists again.
-					del(t, cli, layout.AssignmentKey())
-					last := put(t, cli, layout.NodeKey("n1"), node("n1").Encode())
-					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-					defer cancel()
-					if _, err := cli.Compact(ctx, last); err != nil {
-						t.Errorf("compact: %v", err)
-					}
-				}
+				hook = deleteBeforeTheWatch(t, cli, layout.AssignmentKey())
 			}
 			w := startWatcher(t, cli, nil, hook)
 			sub := w.Subscribe()
@@ -602,21 +588,7 @@ func TestDeletedSettingsKeepTheLastGoodOnes(t *testing.T) {
 			put(t, cli, layout.SettingsKey(), drained.Encode())
 			var hook func(int64)
 			if tc.relist {
-				var lists atomic.Int32
-				hook = func(int64) {
-					if lists.Add(1) != 1 {
-						return
-					}
-					// Between the first list and the watch: delete, then
-					// compact it away, so the watch fails and lists again.
-					del(t, cli, layout.SettingsKey())
-					last := put(t, cli, layout.NodeKey("n1"), node("n1").Encode())
-					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-					defer cancel()
-					if _, err := cli.Compact(ctx, last); err != nil {
-						t.Errorf("compact: %v", err)
-					}
-				}
+				hook = deleteBeforeTheWatch(t, cli, layout.SettingsKey())
 			}
 			w := startWatcher(t, cli, nil, hook)
 			sub := w.Subscribe()
@@ -635,5 +607,25 @@ func TestDeletedSettingsKeepTheLastGoodOnes(t *testing.T) {
 				t.Fatalf("no relist: %+v", w.Status())
 			}
 		})
+	}
+}
+
+// deleteBeforeTheWatch returns a list hook that, between the watcher's
+// first list and its watch, deletes key and compacts it away (writing node
+// n1 to have a revision to compact to), so the watch fails and the watcher
+// learns of the delete by listing again.
+func deleteBeforeTheWatch(t *testing.T, cli *clientv3.Client, key string) func(int64) {
+	var lists atomic.Int32
+	return func(int64) {
+		if lists.Add(1) != 1 {
+			return
+		}
+		del(t, cli, key)
+		last := put(t, cli, layout.NodeKey("n1"), node("n1").Encode())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := cli.Compact(ctx, last); err != nil {
+			t.Errorf("compact: %v", err)
+		}
 	}
 }
