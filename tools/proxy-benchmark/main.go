@@ -1,28 +1,51 @@
-// Command proxy-benchmark measures the proxy's overhead against plain Caddy
-// reverse_proxy, side by side, with wrk on loopback:
+// Command proxy-benchmark measures dtable_bucket_proxy against the usual
+// reverse proxies in front of the same backends, with wrk on loopback:
 //
 //	./xcaddy.sh && go run ./tools/proxy-benchmark -caddy ./caddy
 //
-// It starts an embedded etcd, one fast backend, and one ./caddy serving two
-// sites: :7101 with dtable_bucket_proxy (every bucket owned by the backend)
-// and :7102 with plain reverse_proxy to the same backend. wrk then runs
-// against each in turn, -rounds times, for -duration each (bounded), and
-// the table shows requests/s, latency and the ratio to the baseline.
-// Needs wrk (apt-get install wrk).
+// It needs wrk (apt-get install wrk; required) and nginx (apt-get install
+// nginx; the nginx row is skipped when it is missing). It starts an
+// embedded etcd, three fast backends on 127.0.0.1 that count the
+// connections they accept, and then, for the same backends, these variants:
+//
+//	direct                 wrk straight to the first backend
+//	nginx keepalive        nginx, worker_processes 1, upstream keepalive 128
+//	Go ReverseProxy        net/http/httputil, MaxIdleConnsPerHost 128
+//	Caddy defaults         reverse_proxy with its default transport
+//	Caddy tuned            reverse_proxy, keepalive_idle_conns_per_host 128
+//	dtable_bucket_proxy    as shipped, with its defaults
+//
+// The proxies without bucket routing round-robin over the three backends;
+// dtable_bucket_proxy routes by the assignment in etcd, which spreads the
+// 256 buckets over the three backends. wrk's Lua script sends every request
+// for a base in another bucket (all 256 in turn). With taskset, the servers
+// (this program, its backends and Go proxy, Caddy, nginx) run on CPU 0 and
+// wrk on CPU 1. Each round runs every variant once, at every connection
+// count, in an order that rotates per round; the table shows the median per
+// variant. Before each run the backends close their idle connections, so
+// "upstream conns" counts the connections the proxy opened during that run.
 package main
 
 import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -32,34 +55,123 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
+const pinnedEnv = "PROXY_BENCHMARK_PINNED"
+
 func main() {
 	caddyBin := flag.String("caddy", "./caddy", "Caddy built by xcaddy.sh")
 	duration := flag.Duration("duration", 10*time.Second, "length of one wrk run")
-	rounds := flag.Int("rounds", 3, "runs per site, alternating")
-	conns := flag.Int("connections", 32, "wrk connections")
-	threads := flag.Int("threads", 2, "wrk threads")
+	rounds := flag.Int("rounds", 3, "rounds; each runs every variant once per connection count")
+	conns := flag.String("connections", "50,512", "wrk connection counts, comma-separated")
+	threads := flag.Int("threads", 1, "wrk threads (wrk has one core of its own)")
 	flag.Parse()
-	if err := run(*caddyBin, *duration, *rounds, *conns, *threads); err != nil {
+	pinNote := pinSelf()
+	var cs []int
+	for _, f := range strings.Split(*conns, ",") {
+		c, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || c < 1 {
+			fmt.Fprintf(os.Stderr, "proxy-benchmark: -connections %q: want numbers like 50,512\n", *conns)
+			os.Exit(2)
+		}
+		cs = append(cs, c)
+	}
+	if err := run(*caddyBin, *duration, *rounds, cs, *threads, pinNote); err != nil {
 		fmt.Fprintf(os.Stderr, "proxy-benchmark: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(caddyBin string, duration time.Duration, rounds, conns, threads int) error {
-	if _, err := exec.LookPath("wrk"); err != nil {
+// pinSelf re-executes this program on CPU 0 with taskset (once), so the
+// in-process servers and every server it starts share CPU 0 and the Go
+// runtime sizes itself for one core; wrk is started on CPU 1.
+func pinSelf() string {
+	if os.Getenv(pinnedEnv) != "" {
+		return "servers on CPU 0, wrk on CPU 1 (taskset)"
+	}
+	ts, err := exec.LookPath("taskset")
+	if err != nil {
+		return "NOT pinned: taskset not found (apt-get install util-linux)"
+	}
+	if runtime.NumCPU() < 2 {
+		return "NOT pinned: fewer than 2 CPUs"
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "NOT pinned: " + err.Error()
+	}
+	os.Setenv(pinnedEnv, strconv.Itoa(runtime.NumCPU()))
+	args := append([]string{ts, "-c", "0", self}, os.Args[1:]...)
+	err = syscall.Exec(ts, args, os.Environ())
+	return "NOT pinned: exec taskset: " + err.Error()
+}
+
+func pinned() bool { return os.Getenv(pinnedEnv) != "" }
+
+// machineCPUs is the number of CPUs before pinning.
+func machineCPUs() int {
+	if n, err := strconv.Atoi(os.Getenv(pinnedEnv)); err == nil {
+		return n
+	}
+	return runtime.NumCPU()
+}
+
+// backend is a fast HTTP server that counts the connections it accepts.
+type backend struct {
+	addr   string
+	srv    *http.Server
+	opened atomic.Int64
+}
+
+func startBackend() (*backend, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	b := &backend{addr: l.Addr().String()}
+	b.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				b.opened.Add(1)
+			}
+		},
+	}
+	go b.srv.Serve(l)
+	return b, nil
+}
+
+// resetConns closes the backend's idle connections and zeroes its counter.
+func (b *backend) resetConns() {
+	b.srv.SetKeepAlivesEnabled(false) // closes the idle connections
+	b.srv.SetKeepAlivesEnabled(true)
+	b.opened.Store(0)
+}
+
+type variant struct {
+	name, url string
+	skip      string // why it is not measured, or ""
+}
+
+func run(caddyBin string, duration time.Duration, rounds int, conns []int, threads int, pinNote string) error {
+	wrkBin, err := exec.LookPath("wrk")
+	if err != nil {
 		return fmt.Errorf("wrk not found: apt-get install wrk")
+	}
+	if _, err := os.Stat(caddyBin); err != nil {
+		return fmt.Errorf("%s not found: build it with ./xcaddy.sh", caddyBin)
 	}
 	dir, _ := os.MkdirTemp("", "proxy-benchmark-")
 	defer os.RemoveAll(dir)
 
-	// Backend: a small fixed answer, so the proxy dominates the cost.
-	bl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
+	var backends []*backend
+	for i := 0; i < 3; i++ {
+		b, err := startBackend()
+		if err != nil {
+			return err
+		}
+		backends = append(backends, b)
 	}
-	go http.Serve(bl, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }))
 
-	// etcd with one node owning every bucket.
+	// etcd: three nodes, the 256 buckets spread over them in turn.
 	etcdServer, etcdURL, err := embedetcd.Start(filepath.Join(dir, "etcd"), "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -71,20 +183,51 @@ func run(caddyBin string, duration time.Duration, rounds, conns, threads int) er
 	}
 	defer cli.Close()
 	layout, _ := schema.NewLayout("")
-	n := schema.Node{NodeID: "n1", NodeURL: "http://n1/", LocalNodeURL: "http://" + bl.Addr().String() + "/"}
-	a := &schema.Assignment{Version: 1}
-	for b := range a.Owners {
-		a.Owners[b] = "n1"
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := cli.Put(ctx, layout.NodeKey("n1"), string(n.Encode())); err != nil {
-		return err
+	a := &schema.Assignment{Version: 1}
+	for i, b := range backends {
+		id := fmt.Sprintf("n%d", i+1)
+		n := schema.Node{NodeID: id, NodeURL: "http://" + id + "/", LocalNodeURL: "http://" + b.addr + "/"}
+		if _, err := cli.Put(ctx, layout.NodeKey(id), string(n.Encode())); err != nil {
+			return err
+		}
 	}
+	for b := range a.Owners {
+		a.Owners[b] = fmt.Sprintf("n%d", b%len(backends)+1)
+	}
+	a.NextEpochs(nil)
 	if _, err := cli.Put(ctx, layout.AssignmentKey(), string(a.Encode())); err != nil {
 		return err
 	}
 
+	// Go httputil.ReverseProxy, in this process, round-robin.
+	var targets []*url.URL
+	for _, b := range backends {
+		targets = append(targets, &url.URL{Scheme: "http", Host: b.addr})
+	}
+	var rr atomic.Uint64
+	goProxy := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(targets[rr.Add(1)%uint64(len(targets))])
+			pr.Out.Host = pr.In.Host
+		},
+		ErrorLog: log.New(io.Discard, "", 0), // wrk hanging up at the end of a run is no error
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 128,
+			IdleConnTimeout:     90 * time.Second,
+		},
+	}
+	gl, err := net.Listen("tcp", "127.0.0.1:7111")
+	if err != nil {
+		return err
+	}
+	go http.Serve(gl, goProxy)
+
+	// Caddy: dtable_bucket_proxy (defaults), reverse_proxy (defaults), reverse_proxy (tuned).
+	ups := backends[0].addr + " " + backends[1].addr + " " + backends[2].addr
 	caddyfile := filepath.Join(dir, "Caddyfile")
 	os.WriteFile(caddyfile, []byte(fmt.Sprintf(`{
 	admin localhost:7103
@@ -99,91 +242,333 @@ func run(caddyBin string, duration time.Duration, rounds, conns, threads int) er
 	}
 }
 :7102 {
-	reverse_proxy %s
+	reverse_proxy %s {
+		lb_policy round_robin
+	}
 }
-`, etcdURL, bl.Addr().String())), 0o644)
+:7104 {
+	reverse_proxy %s {
+		lb_policy round_robin
+		transport http {
+			keepalive_idle_conns_per_host 128
+		}
+	}
+}
+`, etcdURL, ups, ups)), 0o644)
 	caddy := exec.Command(caddyBin, "run", "--config", caddyfile)
-	caddy.Stdout, caddy.Stderr = nil, nil
+	caddy.Stdout, caddy.Stderr = nil, os.Stderr
 	if err := caddy.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", caddyBin, err)
 	}
 	defer func() { caddy.Process.Kill(); caddy.Wait() }()
 
-	uuidPath := "/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/"
-	sites := []struct{ name, url string }{
-		{"reverse_proxy (baseline)", "http://127.0.0.1:7102" + uuidPath},
-		{"dtable_bucket_proxy", "http://127.0.0.1:7101" + uuidPath},
-	}
-	for _, s := range sites { // wait until both answer 200
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			resp, err := http.Get(s.url)
-			if err == nil && resp.StatusCode == 200 {
-				resp.Body.Close()
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%s does not answer 200: %v", s.url, err)
-			}
-			time.Sleep(100 * time.Millisecond)
+	// nginx, if installed.
+	nginxSkip, nginxVersion := "", "not installed"
+	if nginxBin, err := exec.LookPath("nginx"); err != nil {
+		nginxSkip = "skipped: nginx not installed (apt-get install nginx)"
+		fmt.Println("nginx not found: the nginx row is skipped; apt-get install nginx to measure it")
+	} else {
+		out, _ := exec.Command(nginxBin, "-v").CombinedOutput()
+		nginxVersion = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(out)), "nginx version: "))
+		stop, err := startNginx(nginxBin, dir, backends)
+		if err != nil {
+			nginxSkip = "skipped: nginx did not start: " + err.Error()
+			fmt.Println(nginxSkip)
+		} else {
+			defer stop()
 		}
 	}
-	results := map[string][]wrkResult{}
+
+	path := "/api/v1/dtables/5c264e76-0e5a-448a-9f34-580b551364ca/rows/"
+	variants := []variant{
+		{name: "direct (one backend)", url: "http://" + backends[0].addr},
+		{name: "nginx keepalive 128", url: "http://127.0.0.1:7110", skip: nginxSkip},
+		{name: "Go httputil.ReverseProxy", url: "http://127.0.0.1:7111"},
+		{name: "Caddy reverse_proxy defaults", url: "http://127.0.0.1:7102"},
+		{name: "Caddy reverse_proxy tuned", url: "http://127.0.0.1:7104"},
+		{name: "dtable_bucket_proxy defaults", url: "http://127.0.0.1:7101"},
+	}
+	const caddyDefault, nginxIdx = 3, 1
+	for _, v := range variants { // wait until each answers 200
+		if v.skip != "" {
+			continue
+		}
+		if err := waitOK(v.url + path); err != nil {
+			return err
+		}
+	}
+	script := filepath.Join(dir, "buckets.lua")
+	if err := os.WriteFile(script, []byte(wrkScript), 0o644); err != nil {
+		return err
+	}
+
+	type key struct{ v, c int }
+	results := map[key][]wrkResult{}
 	for r := 0; r < rounds; r++ {
-		for _, s := range sites {
-			res, err := runWrk(s.url, duration, conns, threads)
-			if err != nil {
-				return err
+		for _, c := range conns {
+			for k := range variants {
+				i := (k + r) % len(variants)
+				v := variants[i]
+				if v.skip != "" {
+					continue
+				}
+				for _, b := range backends {
+					b.resetConns()
+				}
+				time.Sleep(200 * time.Millisecond)
+				res, err := runWrk(wrkBin, script, v.url, duration, c, threads)
+				if err != nil {
+					return fmt.Errorf("%s: %w", v.name, err)
+				}
+				for _, b := range backends {
+					res.upstream += b.opened.Load()
+				}
+				results[key{i, c}] = append(results[key{i, c}], res)
+				fmt.Printf("round %d  c=%-4d %-30s %9.0f req/s  p99 %-9v upstream conns %d%s\n",
+					r+1, c, v.name, res.rps, res.p99, res.upstream, res.errNote())
 			}
-			results[s.name] = append(results[s.name], res)
-			fmt.Printf("round %d %-26s %10.0f req/s  avg latency %v\n", r+1, s.name, res.rps, res.latency)
 		}
 	}
-	base := median(results[sites[0].name])
-	fmt.Printf("\n%-26s %12s %14s %8s\n", "site", "req/s (med)", "latency (med)", "ratio")
-	for _, s := range sites {
-		m := median(results[s.name])
-		fmt.Printf("%-26s %12.0f %14v %8.3f\n", s.name, m.rps, m.latency, m.rps/base.rps)
+
+	caddyVersion := "?"
+	if out, err := exec.Command(caddyBin, "version").Output(); err == nil {
+		caddyVersion = strings.Fields(string(out) + " ?")[0]
 	}
-	fmt.Printf("(wrk -t%d -c%d -d%v, %d rounds each, alternating; loopback; one backend)\n", threads, conns, duration, rounds)
+	wrkVersion := "?"
+	if out, _ := exec.Command(wrkBin, "-v").CombinedOutput(); len(out) > 0 {
+		wrkVersion = strings.Fields(string(out))[1]
+	}
+	fmt.Printf("\n%s, %d cores (%s), Go %s, Caddy %s, nginx %s, wrk %s\n",
+		time.Now().UTC().Format("2006-01-02"), machineCPUs(), pinNote, strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, nginxVersion, wrkVersion)
+	fmt.Printf("wrk -t%d, %v per run, %d interleaved rounds, medians; requests spread over all 256 buckets, 3 backends\n", threads, duration, rounds)
+	fmt.Printf("reproduce: ./xcaddy.sh && go run ./tools/proxy-benchmark %s\n\n", strings.Join(os.Args[1:], " "))
+	fmt.Println("| variant | conns | req/s | p50 | p99 | p99.9 | upstream conns opened | × Caddy defaults | × nginx |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, c := range conns {
+		base := median(results[key{caddyDefault, c}])
+		ng := median(results[key{nginxIdx, c}])
+		for i, v := range variants {
+			if v.skip != "" {
+				fmt.Printf("| %s | %d | %s | | | | | | |\n", v.name, c, v.skip)
+				continue
+			}
+			m := median(results[key{i, c}])
+			ratio := func(b wrkResult) string {
+				if b.rps == 0 {
+					return "–"
+				}
+				return fmt.Sprintf("%.2f", m.rps/b.rps)
+			}
+			fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %d | %s | %s |\n",
+				v.name, c, m.rps, fmtDur(m.p50), fmtDur(m.p99), fmtDur(m.p999), m.upstream, ratio(base), ratio(ng))
+		}
+	}
+	var errs []string
+	for k, rs := range results {
+		for _, r := range rs {
+			if n := r.errNote(); n != "" {
+				errs = append(errs, fmt.Sprintf("%s c=%d:%s", variants[k.v].name, k.c, n))
+			}
+		}
+	}
+	sort.Strings(errs)
+	for _, e := range errs {
+		fmt.Println("note:", e)
+	}
+	if !pinned() {
+		fmt.Println("note: not pinned:", pinNote)
+	}
 	return nil
 }
 
+func startNginx(bin, dir string, backends []*backend) (func(), error) {
+	nd := filepath.Join(dir, "nginx")
+	os.MkdirAll(nd, 0o755)
+	var servers strings.Builder
+	for _, b := range backends {
+		fmt.Fprintf(&servers, "\t\tserver %s;\n", b.addr)
+	}
+	conf := filepath.Join(nd, "nginx.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf(`worker_processes 1;
+worker_rlimit_nofile 8192;
+daemon off;
+pid %[1]s/nginx.pid;
+error_log %[1]s/error.log error;
+events {
+	worker_connections 4096;
+}
+http {
+	access_log off;
+	client_body_temp_path %[1]s/body;
+	proxy_temp_path %[1]s/proxy;
+	fastcgi_temp_path %[1]s/fastcgi;
+	uwsgi_temp_path %[1]s/uwsgi;
+	scgi_temp_path %[1]s/scgi;
+	upstream backends {
+%[2]s		keepalive 128;
+	}
+	server {
+		listen 127.0.0.1:7110;
+		location / {
+			proxy_pass http://backends;
+			proxy_http_version 1.1;
+			proxy_set_header Connection "";
+		}
+	}
+}
+`, nd, servers.String())), 0o644)
+	cmd := exec.Command(bin, "-p", nd, "-e", filepath.Join(nd, "error.log"), "-c", conf)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stop := func() {
+		cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.Dial("tcp", "127.0.0.1:7110")
+		if err == nil {
+			c.Close()
+			return stop, nil
+		}
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(filepath.Join(nd, "error.log"))
+			return nil, fmt.Errorf("exited: %s", strings.TrimSpace(string(log)))
+		default:
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return nil, fmt.Errorf("not listening on 127.0.0.1:7110")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func waitOK(u string) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(u)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s does not answer 200: %v", u, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// wrkScript sends each request for a base in another bucket: the first
+// two hex digits of the UUID walk all 256 buckets (each thread from a
+// random start), and done prints the figures the table needs.
+const wrkScript = `
+local reqs = {}
+local i = 0
+init = function(args)
+  for b = 0, 255 do
+    reqs[b] = wrk.format("GET", string.format("/api/v1/dtables/%02x264e76-0e5a-448a-9f34-580b551364ca/rows/", b))
+  end
+  i = math.random(0, 255)
+end
+request = function()
+  i = (i + 1) % 256
+  return reqs[i]
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH requests=%d p50=%d p99=%d p999=%d status=%d sockerr=%d\n",
+    summary.requests, latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+`
+
 type wrkResult struct {
-	rps     float64
-	latency time.Duration
+	rps              float64
+	p50, p99, p999   time.Duration
+	status, sockErrs int64
+	upstream         int64
+}
+
+func (r wrkResult) errNote() string {
+	s := ""
+	if r.status > 0 {
+		s += fmt.Sprintf(" %d non-2xx", r.status)
+	}
+	if r.sockErrs > 0 {
+		s += fmt.Sprintf(" %d socket errors", r.sockErrs)
+	}
+	return s
 }
 
 var (
-	rpsRe = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
-	latRe = regexp.MustCompile(`Latency\s+([0-9.]+)(us|ms|s)`)
-	errRe = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
+	rpsRe   = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	benchRe = regexp.MustCompile(`BENCH requests=(\d+) p50=(\d+) p99=(\d+) p999=(\d+) status=(\d+) sockerr=(\d+)`)
 )
 
-func runWrk(u string, d time.Duration, conns, threads int) (wrkResult, error) {
-	out, err := exec.Command("wrk", "-t"+strconv.Itoa(threads), "-c"+strconv.Itoa(conns), "-d"+d.String(), u).CombinedOutput()
+func runWrk(wrkBin, script, u string, d time.Duration, conns, threads int) (wrkResult, error) {
+	args := []string{"-t" + strconv.Itoa(threads), "-c" + strconv.Itoa(conns), "-d" + d.String(), "--latency", "-s", script, u}
+	var cmd *exec.Cmd
+	if pinned() {
+		cmd = exec.Command("taskset", append([]string{"-c", "1", wrkBin}, args...)...)
+	} else {
+		cmd = exec.Command(wrkBin, args...)
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %s: %v\n%s", u, err, out)
 	}
-	if m := errRe.FindSubmatch(out); m != nil {
-		return wrkResult{}, fmt.Errorf("wrk %s: %s non-2xx answers\n%s", u, m[1], out)
-	}
 	m := rpsRe.FindSubmatch(out)
-	l := latRe.FindSubmatch(out)
-	if m == nil || l == nil {
+	b := benchRe.FindSubmatch(out)
+	if m == nil || b == nil {
 		return wrkResult{}, fmt.Errorf("cannot read wrk output:\n%s", out)
 	}
-	rps, _ := strconv.ParseFloat(string(m[1]), 64)
-	lat, _ := time.ParseDuration(string(l[1]) + strings.Replace(string(l[2]), "us", "µs", 1))
-	return wrkResult{rps: rps, latency: lat}, nil
+	n := func(i int) int64 { v, _ := strconv.ParseInt(string(b[i]), 10, 64); return v }
+	var r wrkResult
+	r.rps, _ = strconv.ParseFloat(string(m[1]), 64)
+	r.p50, r.p99, r.p999 = time.Duration(n(2))*time.Microsecond, time.Duration(n(3))*time.Microsecond, time.Duration(n(4))*time.Microsecond
+	r.status, r.sockErrs = n(5), n(6)
+	return r, nil
 }
 
+// median takes the median of each figure on its own.
 func median(rs []wrkResult) wrkResult {
-	s := append([]wrkResult(nil), rs...)
-	for i := range s { // small n: insertion sort by rps
-		for j := i; j > 0 && s[j].rps < s[j-1].rps; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
+	if len(rs) == 0 {
+		return wrkResult{}
 	}
-	return s[len(s)/2]
+	pick := func(f func(wrkResult) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		sort.Float64s(v)
+		return v[len(v)/2]
+	}
+	return wrkResult{
+		rps:      pick(func(r wrkResult) float64 { return r.rps }),
+		p50:      time.Duration(pick(func(r wrkResult) float64 { return float64(r.p50) })),
+		p99:      time.Duration(pick(func(r wrkResult) float64 { return float64(r.p99) })),
+		p999:     time.Duration(pick(func(r wrkResult) float64 { return float64(r.p999) })),
+		upstream: int64(pick(func(r wrkResult) float64 { return float64(r.upstream) })),
+	}
+}
+
+func fmtDur(d time.Duration) string {
+	if d >= time.Millisecond {
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%d µs", d/time.Microsecond)
 }
