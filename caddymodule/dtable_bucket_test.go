@@ -22,17 +22,10 @@ import (
 // every bucket to n1, except 01 (unassigned) and 02 (owned by ghost, which
 // is not registered).
 func unroutableFollower() *follower {
-	fw := &follower{}
-	snap := watch.EmptySnapshot()
-	snap.Nodes["n1"] = schema.Node{NodeID: "n1", NodeURL: "https://n1/", LocalNodeURL: "http://127.0.0.1:5000/"}
-	snap.Assignment = &schema.Assignment{Version: 3}
-	for b := range snap.Assignment.Owners {
-		snap.Assignment.Owners[b] = "n1"
-	}
-	snap.Assignment.Owners[0x01] = ""
-	snap.Assignment.Owners[0x02] = "ghost"
-	fw.table.Store(buildTable(fw, snap, nil))
-	return fw
+	return testFollower(func(snap *watch.Snapshot) {
+		snap.Assignment.Owners[0x01] = ""
+		snap.Assignment.Owners[0x02] = "ghost"
+	})
 }
 
 // served is what a DtableBucket did with one request.

@@ -138,14 +138,18 @@ func reasonOf(err *uuidError) string {
 	return err.reason()
 }
 
-// testFollower is a shared follower with a table but no etcd, for unit tests.
-func testFollower() *follower {
+// testFollower is a shared follower with a table but no etcd, for unit
+// tests: every bucket on n1, after change (if any) edits the snapshot.
+func testFollower(change ...func(*watch.Snapshot)) *follower {
 	fw := &follower{}
 	snap := watch.EmptySnapshot()
 	snap.Nodes["n1"] = schema.Node{NodeID: "n1", NodeURL: "https://n1/", LocalNodeURL: "http://127.0.0.1:5000/"}
 	snap.Assignment = &schema.Assignment{Version: 3}
 	for b := range snap.Assignment.Owners {
 		snap.Assignment.Owners[b] = "n1"
+	}
+	for _, c := range change {
+		c(snap)
 	}
 	fw.table.Store(buildTable(fw, snap, nil))
 	return fw

@@ -89,11 +89,10 @@ func TestHandoffAbortsWithoutReleaseAndKeepsTheBucket(t *testing.T) {
 	for _, n := range []string{"n1", "n2"} {
 		registerNode(t, cli, n)
 	}
-	tm := startMonitor(t, c, "mon-a", nil, func(m *monitor) {
+	startMonitor(t, c, "mon-a", nil, func(m *monitor) {
 		m.limits = handoff.Limits{MaxMoving: 16, MaxMovingPerNode: 8, Timeout: 500 * time.Millisecond}
 		m.cooldownFor = time.Hour
 	})
-	_ = tm
 	first, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
 	startAcker(t, cli, "n1") // n1's server never releases
 
@@ -149,7 +148,7 @@ func TestHandoffRetargetsWhenTheTargetDies(t *testing.T) {
 		leases[n] = registerNode(t, cli, n)
 	}
 	startMonitor(t, c, "mon-a", nil)
-	first, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
+	waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
 	ack := startAcker(t, cli, "n1") // n1 holds on while its target dies
 	if _, err := monitorapi.Send(ctxT(t), cli, layout, monitorapi.Request{Op: monitorapi.OpDrain, Node: "n1"}); err != nil {
 		t.Fatal(err)
@@ -187,5 +186,4 @@ func TestHandoffRetargetsWhenTheTargetDies(t *testing.T) {
 	if !countsAre(end, map[string]int{"n3": 256}) {
 		t.Fatalf("counts %v", end.Counts())
 	}
-	_ = first
 }

@@ -217,12 +217,6 @@ func (l *serverLink) serveForMS() int64 {
 	return max(time.Until(d).Milliseconds(), 0)
 }
 
-func (l *serverLink) currentLease() clientv3.LeaseID {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.lease
-}
-
 // run sends the state on every change until ctx ends, and heartbeats
 // beside it.
 func (l *serverLink) run(ctx context.Context) {

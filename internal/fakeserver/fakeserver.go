@@ -469,13 +469,7 @@ func (s *Server) setDeadline(t time.Time) {
 	})
 }
 
-// fence drops every bucket at once.
-func (s *Server) fence(why string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.fenceLocked(why)
-}
-
+// fenceLocked drops every bucket at once; s.mu is held.
 func (s *Server) fenceLocked(why string) {
 	for name, h := range s.held {
 		s.closeHold(name, h, "fenced")
