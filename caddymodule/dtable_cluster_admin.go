@@ -27,7 +27,10 @@ import (
 // DtableClusterAdmin is the http.handlers.dtable_cluster_admin handler, for the
 // proxy's admin site (port 5555 in the operator docs):
 //
+//	GET  /                        the status page (static shell; see status_page.go)
+//	GET  /events                  the page's live state (server-sent events)
 //	POST /rebalance/[?dry_run=1]  ask the leading monitor to rebalance (JSON result)
+//	POST /drain/<node>[?dry_run=1], POST /undrain/<node>[?dry_run=1]  the same for a drain
 //	GET  /status                  assignment version, leader, nodes, etcd connection
 //	GET  /nodes                   nodes with state, bucket counts and URLs
 //	GET  /buckets                 all 256 buckets and their owners
@@ -35,9 +38,9 @@ import (
 //
 // Other paths go to the next handler.
 //
-// With a Token, every request (also one for another path) needs the header
-// "Authorization: Bearer <token>"; without it, or with another token, the
-// answer is 401. A POST is refused when a browser sends it from another
+// With a Token, every request (also one for another path) but the status
+// page's static files needs the header "Authorization: Bearer <token>";
+// without it, or with another token, the answer is 401. A POST is refused when a browser sends it from another
 // site (Sec-Fetch-Site, else Origin against Host: 403) and when its body
 // is not JSON (any Content-Type but application/json: 415), so a web page
 // cannot make a visitor's browser rebalance the cluster. dry_run takes 1,
@@ -56,6 +59,9 @@ type DtableClusterAdmin struct {
 	log   *zap.Logger
 	from  string
 	token *[sha256.Size]byte // the token's digest; nil without a token
+	// closing is closed by Cleanup: this handler's status streams end, so
+	// a config reload is not kept waiting for them.
+	closing chan struct{}
 }
 
 // CaddyModule returns the Caddy module information.
@@ -67,6 +73,7 @@ func (*DtableClusterAdmin) CaddyModule() caddy.ModuleInfo {
 // etcd.
 func (h *DtableClusterAdmin) Provision(ctx caddy.Context) error {
 	h.log = ctx.Logger()
+	h.closing = make(chan struct{})
 	if h.RequestTimeout <= 0 {
 		h.RequestTimeout = caddy.Duration(10 * time.Second)
 	}
@@ -83,10 +90,18 @@ func (h *DtableClusterAdmin) Provision(ctx caddy.Context) error {
 	return h.join(ctx, h.EtcdConfig)
 }
 
-// Cleanup releases the shared follower.
-func (h *DtableClusterAdmin) Cleanup() error { return h.release() }
+// Cleanup ends this handler's status streams and releases the shared follower.
+func (h *DtableClusterAdmin) Cleanup() error {
+	if h.closing != nil {
+		close(h.closing) // Caddy cleans a module up once
+	}
+	return h.release()
+}
 
 func (h *DtableClusterAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if a, ok := pageAssets[r.URL.Path]; ok { // no cluster data: served without the token (status_page.go)
+		return h.only(w, r, http.MethodGet, a.serve)
+	}
 	if h.token != nil && !h.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="dtable-cluster-admin"`)
 		return writeJSON(w, http.StatusUnauthorized, map[string]string{
@@ -96,6 +111,12 @@ func (h *DtableClusterAdmin) ServeHTTP(w http.ResponseWriter, r *http.Request, n
 	switch {
 	case path == "/rebalance/" || path == "/rebalance":
 		return h.only(w, r, http.MethodPost, h.rebalance)
+	case strings.HasPrefix(path, "/drain/"):
+		return h.only(w, r, http.MethodPost, h.nodeOp(monitorapi.OpDrain))
+	case strings.HasPrefix(path, "/undrain/"):
+		return h.only(w, r, http.MethodPost, h.nodeOp(monitorapi.OpUndrain))
+	case path == "/events":
+		return h.only(w, r, http.MethodGet, h.events)
 	case path == "/status" || path == "/status/":
 		return h.only(w, r, http.MethodGet, func(w http.ResponseWriter, r *http.Request) error {
 			return writeJSON(w, http.StatusOK, h.follower.status(r.Context()))

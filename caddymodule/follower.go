@@ -106,6 +106,12 @@ type follower struct {
 	streams   [bucket.Count]map[*stream]struct{}
 	destroyed bool // Destruct ran: no table change will close streams any more
 
+	// For the status page (GET /events): the moves this proxy saw, the
+	// viewers' shared state and its cached leading monitor.
+	moves  *moveHistory
+	live   *statusHub
+	leader leaderCache // used by live's goroutine only
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -129,6 +135,8 @@ func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, er
 		stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	fw.table.Store(buildTable(fw, nil, nil))
+	fw.moves = newMoveHistory()
+	fw.live = newStatusHub(statusRefreshInterval, fw.liveState)
 	fw.watcher.Start()
 	go fw.follow()
 	log.Info("following the cluster in etcd", zap.Strings("etcd", opts.Endpoints))
@@ -162,6 +170,7 @@ func (fw *follower) Destruct() error {
 	}
 	close(fw.stop)
 	<-fw.done
+	fw.live.close() // ends the status page streams
 	fw.watcher.Stop()
 	return fw.cli.Close()
 }
@@ -180,7 +189,10 @@ func (fw *follower) follow() {
 		case <-fw.stop:
 			return
 		case snap := <-sub.C:
-			fw.install(buildTable(fw, snap, fw.table.Load()))
+			prev := fw.table.Load()
+			fw.install(buildTable(fw, snap, prev))
+			fw.moves.record(prev.snap, snap, time.Now())
+			fw.live.changed()
 		case <-ticker.C:
 			if st := fw.watcher.Status(); !st.Connected {
 				t := fw.table.Load()

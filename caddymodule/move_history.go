@@ -1,0 +1,126 @@
+package caddymodule
+
+import (
+	"sync"
+	"time"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/watch"
+)
+
+// moveHistorySize bounds the moves the status page lists: enough for a
+// few waves of a rebalance, small enough to send with every state event.
+const moveHistorySize = 50
+
+// Kinds of move events, classified as the handoff metrics classify owner
+// changes (handoffOutcomes), plus the start of a move.
+const (
+	moveStarted    = "started"    // the bucket began handing off
+	moveRetargeted = "retargeted" // a move in progress got another target (its target died)
+	moveCommitted  = "committed"  // the owner changed after a moving phase
+	moveAborted    = "aborted"    // the moving phase ended, same owner
+	moveForced     = "forced"     // the owner changed without a moving phase this proxy saw (e.g. a dead node's bucket)
+)
+
+// moveEvent is one change to a bucket's ownership that this proxy saw
+// between two snapshots.
+type moveEvent struct {
+	At     time.Time `json:"at"` // when this proxy saw it
+	Bucket string    `json:"bucket"`
+	Kind   string    `json:"kind"`
+	From   string    `json:"from"`
+	To     string    `json:"to"`
+	Reason string    `json:"reason,omitempty"` // MoveState.Reason; empty for a forced move (the assignment says none)
+	Epoch  int64     `json:"epoch,omitempty"`  // the move's epoch; for a commit, the bucket's new epoch
+	// TookMS is, for a commit, the time from the move's start (the
+	// monitor's clock) to the commit seen here.
+	TookMS int64 `json:"took_ms,omitempty"`
+}
+
+// moveHistory keeps the last moveHistorySize move events a follower saw
+// since it started. It lives in memory: another proxy, or this one after
+// a restart, has its own.
+type moveHistory struct {
+	since time.Time // when the follower started: the history covers what came after
+
+	mu    sync.Mutex
+	ring  [moveHistorySize]moveEvent
+	next  int    // where the next event goes
+	total uint64 // events recorded since start; changes whenever the history does
+}
+
+func newMoveHistory() *moveHistory { return &moveHistory{since: time.Now()} }
+
+// record adds the moves between two consecutive snapshots. A first
+// assignment (prev has none) is not a move: it is the state at the start.
+func (h *moveHistory) record(prev, next *watch.Snapshot, at time.Time) {
+	if prev == nil || next == nil || prev.Assignment == nil || next.Assignment == nil {
+		return
+	}
+	events := diffMoves(prev.Assignment, next.Assignment, at)
+	if len(events) == 0 {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, e := range events {
+		h.ring[h.next] = e
+		h.next = (h.next + 1) % moveHistorySize
+		h.total++
+	}
+}
+
+// recent returns the kept events, newest first, and the count of events
+// recorded since start (a change marker).
+func (h *moveHistory) recent() ([]moveEvent, uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := int(min(h.total, moveHistorySize))
+	out := make([]moveEvent, 0, n)
+	for i := 1; i <= n; i++ {
+		out = append(out, h.ring[(h.next-i+moveHistorySize)%moveHistorySize])
+	}
+	return out, h.total
+}
+
+// diffMoves lists, in bucket order, what changed in the buckets' moves
+// and owners from prev to next.
+func diffMoves(prev, next *schema.Assignment, at time.Time) []moveEvent {
+	var out []moveEvent
+	for i := range bucket.Count {
+		b := bucket.Bucket(i)
+		pm, wasMoving := prev.Moving[b]
+		nm, isMoving := next.Moving[b]
+		po, no := prev.Owners[b], next.Owners[b]
+		e := moveEvent{At: at, Bucket: b.String()}
+		switch {
+		case isMoving && !wasMoving:
+			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveStarted, nm.From, nm.To, nm.Reason, nm.Epoch
+		case isMoving && po != no && po != "" && no != "":
+			// Committed and started again between two snapshots this
+			// proxy saw: both events.
+			c := e
+			c.Kind, c.From, c.To, c.Reason, c.Epoch = moveCommitted, po, no, pm.Reason, next.Epochs[b]
+			out = append(out, c)
+			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveStarted, nm.From, nm.To, nm.Reason, nm.Epoch
+		case isMoving && (pm.To != nm.To || pm.From != nm.From):
+			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveRetargeted, nm.From, nm.To, nm.Reason, nm.Epoch
+		case po == "" || no == "":
+			continue // no assignment yet, or a bucket (un)assigned: not a handoff
+		case wasMoving && !isMoving && po != no:
+			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveCommitted, po, no, pm.Reason, next.Epochs[b]
+			if !pm.Since.IsZero() {
+				e.TookMS = max(0, at.Sub(pm.Since).Milliseconds())
+			}
+		case wasMoving && !isMoving:
+			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveAborted, pm.From, pm.To, pm.Reason, pm.Epoch
+		case !wasMoving && po != no:
+			e.Kind, e.From, e.To, e.Epoch = moveForced, po, no, next.Epochs[b]
+		default:
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}

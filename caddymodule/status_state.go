@@ -1,0 +1,164 @@
+package caddymodule
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/monitorapi"
+	"github.com/dtablecluster/dtable-router/internal/statusview"
+	"github.com/dtablecluster/dtable-router/internal/watch"
+)
+
+// liveState is what the status page shows, sent whole in every state
+// event of GET /events: the status view, every bucket, the recent moves,
+// and this proxy's view of etcd. Times are absolute (the page computes
+// ages against Now, the proxy's clock when the state was built).
+type liveState struct {
+	Now time.Time `json:"now"`
+	statusview.Status
+	// Nodes and Buckets shadow and extend the status view's.
+	Nodes          []liveNode   `json:"nodes"`
+	Buckets        []liveBucket `json:"buckets"`
+	LeaderError    string       `json:"leader_error,omitempty"`
+	Etcd           []string     `json:"etcd"`
+	EtcdConnected  bool         `json:"etcd_connected"`
+	LastContact    time.Time    `json:"last_contact"`
+	LastError      string       `json:"last_error,omitempty"`
+	TableBuiltAt   time.Time    `json:"table_built_at"` // when the routing table last changed
+	RecentMoves    []moveEvent  `json:"recent_moves"`   // newest first
+	MovesSeenSince time.Time    `json:"moves_seen_since"`
+}
+
+// liveNode is a node with its share of the load, when loads are reported.
+type liveNode struct {
+	statusview.Node
+	LoadShare *float64 `json:"load_share,omitempty"` // 0..1 of the cluster's load on this node's buckets
+}
+
+// liveBucket is a bucket with its move's details and load.
+type liveBucket struct {
+	statusview.Bucket
+	MovingSince  *time.Time `json:"moving_since,omitempty"`
+	MovingReason string     `json:"moving_reason,omitempty"`
+	QueuedReason string     `json:"queued_reason,omitempty"`
+	Load         *float64   `json:"load,omitempty"`
+}
+
+// liveStateKey changes whenever the state a viewer sees does: a new
+// snapshot (every etcd change, the routing table's time with it), another
+// leader, etcd connection or error, a new move event.
+type liveStateKey struct {
+	table      *routeTable
+	leader     string
+	leaderErr  string
+	connected  bool
+	lastError  string
+	movesTotal uint64
+}
+
+// bucketLoads returns each bucket's load, or nil when no loads are
+// reported; the page then shows none.
+func bucketLoads(snap *watch.Snapshot) map[bucket.Bucket]float64 {
+	// wired to the load reports by the integrator
+	return nil
+}
+
+// leaderCacheAge is how long the status page's view of the leading
+// monitor is reused before it is read from etcd again.
+const leaderCacheAge = 2 * time.Second
+
+// leaderCache is the follower's shared view of the leading monitor for
+// the status page: read from etcd at most every leaderCacheAge, by the
+// status hub's goroutine only (so it needs no lock), and only while
+// someone watches.
+type leaderCache struct {
+	id, err string
+	at      time.Time
+}
+
+func (c *leaderCache) get(fw *follower) (string, string) {
+	if !c.at.IsZero() && time.Since(c.at) < leaderCacheAge {
+		return c.id, c.err
+	}
+	// Bounded: the state must go out during an etcd outage too.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	id, err := monitorapi.Leader(ctx, fw.cli, fw.layout)
+	c.id, c.err, c.at = id, "", time.Now()
+	if err != nil {
+		c.err = fmt.Sprintf("unknown: %v", err)
+	}
+	return c.id, c.err
+}
+
+// liveState builds the status page's state from the current table. Only
+// the status hub's goroutine calls it.
+func (fw *follower) liveState() (any, []byte) {
+	t := fw.table.Load()
+	snap := fw.snapshot()
+	st := fw.watcher.Status()
+	leader, leaderErr := fw.leader.get(fw)
+	moves, total := fw.moves.recent()
+	s := liveState{Now: time.Now(), Status: statusview.NewStatus(fw.layout.Prefix, snap), LeaderError: leaderErr,
+		Etcd: fw.endpoints, EtcdConnected: st.Connected, LastContact: st.LastContact, LastError: st.LastError,
+		TableBuiltAt: t.builtAt, RecentMoves: moves, MovesSeenSince: fw.moves.since}
+	s.Leader = leader
+	loads := bucketLoads(snap)
+	s.Buckets = liveBuckets(snap, loads)
+	s.Nodes = liveNodes(s.Status.Nodes, snap, loads)
+	data, err := json.Marshal(s)
+	if err != nil { // only plain fields: cannot happen, but say so rather than send nothing
+		data, _ = json.Marshal(map[string]string{"error": err.Error()})
+	}
+	return liveStateKey{table: t, leader: leader, leaderErr: leaderErr, connected: st.Connected,
+		lastError: st.LastError, movesTotal: total}, data
+}
+
+func liveBuckets(snap *watch.Snapshot, loads map[bucket.Bucket]float64) []liveBucket {
+	views := statusview.Buckets(snap)
+	out := make([]liveBucket, len(views))
+	for i, v := range views {
+		b := bucket.Bucket(i)
+		out[i].Bucket = v
+		if a := snap.Assignment; a != nil {
+			if m, ok := a.Moving[b]; ok {
+				since := m.Since
+				out[i].MovingSince, out[i].MovingReason = &since, m.Reason
+			}
+			if q, ok := a.Queued[b]; ok {
+				out[i].QueuedReason = q.Reason
+			}
+		}
+		if l, ok := loads[b]; ok {
+			out[i].Load = &l
+		}
+	}
+	return out
+}
+
+// liveNodes adds each node's share of the load (the load of the buckets
+// it owns over the cluster's), when loads are reported.
+func liveNodes(nodes []statusview.Node, snap *watch.Snapshot, loads map[bucket.Bucket]float64) []liveNode {
+	out := make([]liveNode, len(nodes))
+	perNode, total := map[string]float64{}, 0.0
+	if len(loads) > 0 && snap.Assignment != nil {
+		for b, l := range loads {
+			perNode[snap.Assignment.Owners[b]] += l
+			total += l
+		}
+	}
+	for i, n := range nodes {
+		out[i].Node = n
+		if len(loads) > 0 {
+			share := 0.0
+			if total > 0 {
+				share = perNode[n.NodeID] / total
+			}
+			out[i].LoadShare = &share
+		}
+	}
+	return out
+}
