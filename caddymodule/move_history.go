@@ -101,7 +101,7 @@ func diffMoves(prev, next *schema.Assignment, at time.Time) []moveEvent {
 			// Committed and started again between two snapshots this
 			// proxy saw: both events.
 			c := e
-			c.Kind, c.From, c.To, c.Reason, c.Epoch = moveCommitted, po, no, pm.Reason, next.Epochs[b]
+			c.Kind, c.From, c.To, c.Reason, c.Epoch, c.TookMS = moveCommitted, po, no, pm.Reason, next.Epochs[b], took(pm, at)
 			out = append(out, c)
 			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveStarted, nm.From, nm.To, nm.Reason, nm.Epoch
 		case isMoving && (pm.To != nm.To || pm.From != nm.From):
@@ -109,10 +109,7 @@ func diffMoves(prev, next *schema.Assignment, at time.Time) []moveEvent {
 		case po == "" || no == "":
 			continue // no assignment yet, or a bucket (un)assigned: not a handoff
 		case wasMoving && !isMoving && po != no:
-			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveCommitted, po, no, pm.Reason, next.Epochs[b]
-			if !pm.Since.IsZero() {
-				e.TookMS = max(0, at.Sub(pm.Since).Milliseconds())
-			}
+			e.Kind, e.From, e.To, e.Reason, e.Epoch, e.TookMS = moveCommitted, po, no, pm.Reason, next.Epochs[b], took(pm, at)
 		case wasMoving && !isMoving:
 			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveAborted, pm.From, pm.To, pm.Reason, pm.Epoch
 		case !wasMoving && po != no:
@@ -123,4 +120,13 @@ func diffMoves(prev, next *schema.Assignment, at time.Time) []moveEvent {
 		out = append(out, e)
 	}
 	return out
+}
+
+// took is how long a move committed at at took, from its start (0 if the
+// assignment does not say when it started).
+func took(m schema.MoveState, at time.Time) int64 {
+	if m.Since.IsZero() {
+		return 0
+	}
+	return max(0, at.Sub(m.Since).Milliseconds())
 }
