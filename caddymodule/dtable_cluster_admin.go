@@ -30,7 +30,7 @@ import (
 //	GET  /                        the status page (static shell; see status_page.go)
 //	GET  /events                  the page's live state (server-sent events)
 //	POST /rebalance/[?dry_run=1]  ask the leading monitor to rebalance (JSON result)
-//	POST /drain/<node>[?dry_run=1], POST /undrain/<node>[?dry_run=1]  the same for a drain
+//	POST /drain/<node>[?dry_run=1]    ask it to drain a node; /undrain/<node> likewise
 //	GET  /status                  assignment version, leader, nodes, etcd connection
 //	GET  /nodes                   nodes with state, bucket counts and URLs
 //	GET  /buckets                 all 256 buckets and their owners
@@ -38,9 +38,10 @@ import (
 //
 // Other paths go to the next handler.
 //
-// With a Token, every request (also one for another path) but the status
-// page's static files needs the header "Authorization: Bearer <token>";
-// without it, or with another token, the answer is 401. A POST is refused when a browser sends it from another
+// With a Token, every request (also one for another path) but those for
+// the status page's static files needs the header "Authorization: Bearer
+// <token>"; without it, or with another token, the answer is 401. A POST
+// is refused when a browser sends it from another
 // site (Sec-Fetch-Site, else Origin against Host: 403) and when its body
 // is not JSON (any Content-Type but application/json: 415), so a web page
 // cannot make a visitor's browser rebalance the cluster. dry_run takes 1,

@@ -193,7 +193,8 @@ function renderGrid(s) {
   const legend = $('legend');
   legend.replaceChildren(...s.nodes.map((n) => el('span', {}, swatch(n.node_id), n.node_id)),
     el('span', {}, el('span', {class: 'swatch unassigned'}), 'unassigned'),
-    el('span', {}, el('span', {class: 'swatch moving'}), 'moving → target colour'));
+    el('span', {}, el('span', {class: 'swatch moving'}), 'moving → target colour'),
+    el('span', {}, el('span', {class: 'swatch queued'}), 'queued (waits for a slot)'));
   renderDetail();
 }
 
@@ -210,6 +211,9 @@ function renderDetail() {
   const b = state.buckets[parseInt(selected, 16)];
   const d = $('detail');
   d.replaceChildren(el('b', {text: 'Bucket ' + b.bucket}), ' — ' + bucketText(b).split(' · ').slice(1).join(' · '));
+  const last = (state.recent_moves || []).find((m) => m.bucket === b.bucket);
+  if (last) d.append(el('br'), 'last move seen: ' + last.kind + ' ' + last.from + ' → ' + last.to +
+    (last.reason ? ' (' + last.reason + ')' : '') + ' at ' + clock(last.at));
 }
 
 function renderSummary(s) {
@@ -329,6 +333,7 @@ function showPlan(title, resp, canApply) {
   if (resp.warnings && resp.warnings.length) body.push(el('div', {class: 'warnings', text: resp.warnings.join('; ')}));
   $('plan-body').replaceChildren(...body);
   $('plan-apply').hidden = !canApply;
+  $('plan-cancel').textContent = canApply ? 'Cancel' : 'Close';
   $('plan-apply').disabled = false;
   $('plan').hidden = false;
 }
