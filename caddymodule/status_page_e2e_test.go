@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -227,4 +228,46 @@ func TestStatusPageShellAndEvents(t *testing.T) {
 			t.Fatal("the stream did not end on a config reload")
 		}
 	}
+}
+
+// A viewer that stops reading blocks neither the follower nor the other
+// viewers, and is dropped once a write to it outlasts sseWriteTimeout.
+func TestStatusEventsSlowViewerBlocksNobody(t *testing.T) {
+	old := sseWriteTimeout
+	sseWriteTimeout = time.Second
+	t.Cleanup(func() { sseWriteTimeout = old })
+	e := setup(t)
+	fw := e.follower()
+
+	slow, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", siteAdminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	slow.(*net.TCPConn).SetReadBuffer(1024) // and it never reads
+	fmt.Fprintf(slow, "GET /events HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n", siteAdminPort)
+	testutil.Eventually(t, 2*time.Second, "the slow viewer connected", func() bool { return fw.live.viewerCount() == 1 })
+	fast := openEvents(t, "")
+	fast.nextState(t, 2*time.Second, "the first state", func(*liveState) bool { return true })
+
+	// Many changes, each a state of some 25 kB: more than the slow
+	// viewer's socket buffers hold.
+	const last = 200
+	start := time.Now()
+	for v := int64(2); v <= last; v++ {
+		e.putAssignment(v, map[bucket.Bucket]string{bucket.Bucket(v % bucket.Count): "n1"})
+	}
+	wrote := time.Now()
+	t.Logf("%d assignments written in %v", last-1, wrote.Sub(start).Round(time.Millisecond))
+	// (Matched as text: decoding each of the intermediate states would make
+	// this reader the slow one.)
+	fast.next(t, time.Second, fmt.Sprintf("version %d within 1 s of its write", last), func(ev sseEvent) bool {
+		return ev.typ == "state" && strings.Contains(ev.data, fmt.Sprintf(`"version":%d,`, last))
+	})
+	t.Logf("the fast viewer saw version %d %v after its write", last, time.Since(wrote).Round(time.Millisecond))
+	if v := e.routedVersion(); v != last {
+		t.Fatalf("the proxy routes by version %d; want %d", v, last)
+	}
+	took := testutil.Eventually(t, 5*time.Second, "the slow viewer dropped", func() bool { return fw.live.viewerCount() == 1 })
+	t.Logf("the slow viewer dropped %v later", took.Round(time.Millisecond))
 }
