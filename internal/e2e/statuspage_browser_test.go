@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
@@ -78,7 +80,7 @@ type browser struct {
 	t   *testing.T
 	ctx context.Context
 	mu  sync.Mutex
-	js  []string // uncaught exceptions of the page
+	js  []string // the page's uncaught exceptions and logged errors (a refused Content-Security-Policy among them)
 }
 
 func newBrowser(t *testing.T, bin string) *browser {
@@ -103,6 +105,14 @@ func newBrowser(t *testing.T, bin string) *browser {
 			}
 			b.js = append(b.js, msg)
 			b.mu.Unlock()
+		case *cdplog.EventEntryAdded:
+			e := ev.Entry
+			// The 401 of the first GET events is the page asking for the token.
+			if e.Level == cdplog.EntryLevelError && !(e.Source == cdplog.EntrySourceNetwork && strings.Contains(e.Text, "401")) {
+				b.mu.Lock()
+				b.js = append(b.js, fmt.Sprintf("%s: %s (%s)", e.Source, e.Text, e.URL))
+				b.mu.Unlock()
+			}
 		case *runtime.EventConsoleAPICalled:
 			var args []string
 			for _, a := range ev.Args {
@@ -113,6 +123,10 @@ func newBrowser(t *testing.T, bin string) *browser {
 	}); err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
+	b.do("enable the log", chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		_, err := cdp.Call(ctx, t, cdplog.Enable, cdp.Empty{})
+		return err
+	}))
 	return b
 }
 
