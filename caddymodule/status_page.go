@@ -105,6 +105,9 @@ func (h *DtableClusterAdmin) events(w http.ResponseWriter, r *http.Request) erro
 	v, leave := hub.join()
 	defer leave()
 	rc := http.NewResponseController(w)
+	// A connection kept alive for another request must not keep this
+	// stream's write deadline.
+	defer rc.SetWriteDeadline(time.Time{})
 	w.WriteHeader(http.StatusOK)
 	send := func(s string) bool {
 		if err := rc.SetWriteDeadline(time.Now().Add(sseWriteTimeout)); err != nil && err != http.ErrNotSupported {
