@@ -116,15 +116,36 @@ async function readEvents(reader) {
 
 // ---- rendering ----
 
-// colour is a node's colour: a hue from a hash of its id, so it is the same
-// on every page and every proxy.
-function hue(id) {
+// Node colours: ten clearly different light colours that all carry dark
+// text (beyond ten nodes they repeat). A node's colour is picked by a hash of its
+// id (FNV-1a, mixed), so it is the same on every page and every proxy; if
+// two current nodes pick the same colour, the one later by id takes the
+// next free one (the same choice everywhere for the same nodes).
+const PALETTE = ['#8cb8e8', '#f6a55a', '#8fd18a', '#ec8585', '#c1a2dc', '#f0d264', '#7fd0c9', '#f5a9cf',
+  '#c9a184', '#b4b85a'];
+let nodeColours = new Map();
+
+function hash(id) {
   let h = 0x811c9dc5;
   for (let i = 0; i < id.length; i++) { h ^= id.charCodeAt(i); h = Math.imul(h, 0x01000193) >>> 0; }
-  h ^= h >>> 15; h = Math.imul(h, 0x2c1b3c6d) >>> 0; h ^= h >>> 12; // mix: ids differing in the last character get far-apart hues
-  return h % 360;
+  h ^= h >>> 15; h = Math.imul(h, 0x2c1b3c6d) >>> 0;
+  return (h ^ (h >>> 12)) >>> 0;
 }
-function colour(id) { return 'hsl(' + hue(id) + ' 62% 66%)'; }
+
+function assignColours(ids) {
+  nodeColours = new Map();
+  const used = new Set();
+  for (const id of [...ids].sort()) {
+    let i = hash(id) % PALETTE.length;
+    for (let k = 0; k < PALETTE.length && used.has(i); k++) i = (i + 1) % PALETTE.length;
+    used.add(i);
+    nodeColours.set(id, PALETTE[i]);
+  }
+}
+
+// colour of a node; one that is no longer listed (a gone node in the
+// recent moves) gets its hash's colour.
+function colour(id) { return nodeColours.get(id) || PALETTE[hash(id) % PALETTE.length]; }
 
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -282,6 +303,7 @@ function render(s) {
   clockOffset = Date.parse(s.now) - Date.now();
   state = s;
   document.body.dataset.version = s.version;
+  assignColours(s.nodes.map((n) => n.node_id));
   renderSummary(s);
   renderGrid(s);
   renderNodes(s);

@@ -56,7 +56,12 @@ func (c *cluster) addAdminSite(port int) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	servers := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
+	apps, _ := cfg["apps"].(map[string]any)
+	httpApp, _ := apps["http"].(map[string]any)
+	servers, ok := httpApp["servers"].(map[string]any)
+	if !ok {
+		c.t.Fatalf("the running config has no HTTP servers: %v", cfg)
+	}
 	servers["operator_site"] = map[string]any{
 		"listen": []string{fmt.Sprintf("127.0.0.1:%d", port)},
 		"routes": []any{map[string]any{"handle": []any{map[string]any{
