@@ -106,6 +106,14 @@ type follower struct {
 	streams   [bucket.Count]map[*stream]struct{}
 	destroyed bool // Destruct ran: no table change will close streams any more
 
+	// load counts each bucket's traffic; the publisher (reportLoad)
+	// writes it to <prefix>/load/<id> as configured by the handler
+	// provisioned last (loadCfg; nil until one is), woken by loadWake.
+	load     loadCounters
+	loadCfg  atomic.Pointer[loadReportSettings]
+	loadWake chan struct{}
+	loadDone chan struct{}
+
 	stop chan struct{}
 	done chan struct{}
 }
@@ -127,10 +135,12 @@ func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, er
 		watcher: watch.New(watch.Config{Client: cli, Layout: layout, Logger: log.Named("watch"),
 			ProgressInterval: watchProgressInterval}),
 		stop: make(chan struct{}), done: make(chan struct{}),
+		loadWake: make(chan struct{}, 1), loadDone: make(chan struct{}),
 	}
 	fw.table.Store(buildTable(fw, nil, nil))
 	fw.watcher.Start()
 	go fw.follow()
+	go fw.reportLoad()
 	log.Info("following the cluster in etcd", zap.Strings("etcd", opts.Endpoints))
 	return fw, nil
 }
@@ -162,6 +172,7 @@ func (fw *follower) Destruct() error {
 	}
 	close(fw.stop)
 	<-fw.done
+	<-fw.loadDone // it revokes the load key's lease: needs the client
 	fw.watcher.Stop()
 	return fw.cli.Close()
 }
