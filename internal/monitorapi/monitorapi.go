@@ -48,18 +48,18 @@ const (
 
 // Request asks the leading monitor for one operation.
 type Request struct {
-	ID      string `json:"id"`
-	Op      string `json:"op"`
-	DryRun  bool   `json:"dry_run,omitempty"`
-	Node    string `json:"node,omitempty"`
-	Bucket  string `json:"bucket,omitempty"`
-	Enabled bool   `json:"enabled,omitempty"`
+	ID        string `json:"id"`
+	Op        string `json:"op"`
+	DryRun    bool   `json:"dry_run,omitempty"`
+	Node      string `json:"node,omitempty"`
+	Bucket    string `json:"bucket,omitempty"`
+	Enabled   bool   `json:"enabled,omitempty"`
+	From      string `json:"from,omitempty"` // who asks, for the log: "monitor-cli@host", "caddy@host"
+	CreatedAt string `json:"created_at,omitempty"`
 	// By is what a rebalance evens out: ByCount ("" means the same) or
 	// ByLoad. The last rebalance carried out sets the cluster's criterion
 	// (schema.Settings.BalanceBy).
-	By        string `json:"by,omitempty"`
-	From      string `json:"from,omitempty"` // who asks, for the log: "monitor-cli@host", "caddy@host"
-	CreatedAt string `json:"created_at,omitempty"`
+	By string `json:"by,omitempty"`
 }
 
 // NodeMoves counts the buckets a node gains and loses.
