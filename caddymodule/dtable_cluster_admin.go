@@ -27,7 +27,7 @@ import (
 // DtableClusterAdmin is the http.handlers.dtable_cluster_admin handler, for the
 // proxy's admin site (port 5555 in the operator docs):
 //
-//	POST /rebalance/[?dry_run=1]  ask the leading monitor to rebalance (JSON result)
+//	POST /rebalance/[?dry_run=1]  ask the leading monitor to rebalance (JSON result; by=load: by load)
 //	GET  /status                  assignment version, leader, nodes, etcd connection
 //	GET  /nodes                   nodes with state, bucket counts and URLs
 //	GET  /buckets                 all 256 buckets and their owners
@@ -41,7 +41,8 @@ import (
 // site (Sec-Fetch-Site, else Origin against Host: 403) and when its body
 // is not JSON (any Content-Type but application/json: 415), so a web page
 // cannot make a visitor's browser rebalance the cluster. dry_run takes 1,
-// true, 0 or false; any other value is 400.
+// true, 0 or false, by takes count (the default) or load; any other value
+// is 400.
 type DtableClusterAdmin struct {
 	EtcdConfig
 	// RequestTimeout bounds a rebalance request; default 10s.
@@ -194,13 +195,17 @@ func (h *DtableClusterAdmin) rebalance(w http.ResponseWriter, r *http.Request) e
 	if err != nil {
 		return writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 	}
-	req := monitorapi.Request{Op: monitorapi.OpRebalance, DryRun: dry, From: h.from}
+	by, err := parseBy(r.URL.RawQuery)
+	if err != nil {
+		return writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+	}
+	req := monitorapi.Request{Op: monitorapi.OpRebalance, DryRun: dry, By: by, From: h.from}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.RequestTimeout))
 	defer cancel()
 	resp, err := monitorapi.Send(ctx, h.follower.cli, h.follower.layout, req)
 	switch {
 	case err == nil:
-		h.log.Info("rebalance requested", zap.Bool("dry_run", req.DryRun), zap.Int("moves", len(resp.Moves)),
+		h.log.Info("rebalance requested", zap.Bool("dry_run", req.DryRun), zap.String("by", req.By), zap.Int("moves", len(resp.Moves)),
 			zap.Int64("version", resp.Version), zap.String("remote", r.RemoteAddr))
 		return writeJSON(w, http.StatusOK, resp)
 	case resp != nil:
