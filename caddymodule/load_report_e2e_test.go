@@ -111,3 +111,48 @@ func unloadCaddy(t *testing.T) {
 		t.Fatalf("unload: %d", resp.StatusCode)
 	}
 }
+
+// The report's lease is the proxy's own: revoked by hand (or expired
+// while etcd was away), the next report grants another and writes the key
+// again. A reload that gives the proxy another id moves the report to the
+// new key and revokes the old one at once; a reload to "load_report off"
+// removes it.
+func TestLoadReportSurvivesALostLeaseAndFollowsReloads(t *testing.T) {
+	e := setupWith(t, extraConfig{proxyBlock: "load_report 300ms caddy@first"})
+	var lease clientv3.LeaseID
+	testutil.Eventually(t, 10*time.Second, "the first report", func() bool {
+		_, lease, _ = e.loadReport("caddy@first")
+		return lease != 0
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := e.cli.Revoke(ctx, lease); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, "a report under a new lease", func() bool {
+		_, l, ok := e.loadReport("caddy@first")
+		return ok && l != 0 && l != lease
+	})
+
+	e.extra.proxyBlock = "load_report 300ms caddy@second"
+	e.tester.InitServer(e.config(), "caddyfile")
+	if _, _, ok := e.loadReport("caddy@first"); ok {
+		t.Fatal("the old id's report is still there right after the reload")
+	}
+	testutil.Eventually(t, 10*time.Second, "the report under the new id", func() bool {
+		_, _, ok := e.loadReport("caddy@second")
+		return ok
+	})
+
+	e.extra.proxyBlock = "load_report off"
+	e.tester.InitServer(e.config(), "caddyfile")
+	if _, _, ok := e.loadReport("caddy@second"); ok {
+		t.Fatal("the report is still there after a reload to load_report off")
+	}
+	time.Sleep(time.Second) // three intervals: nothing is published
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if resp, err := e.cli.Get(ctx2, layout.LoadPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Fatalf("load keys with load_report off: %v %v", resp, err)
+	}
+}
