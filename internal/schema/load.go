@@ -104,8 +104,9 @@ func ParseLoadReport(id string, value []byte) (LoadReport, error) {
 	if j.Proxy != id {
 		return LoadReport{}, fmt.Errorf(`field "proxy": %q, want %q (the key's last segment)`, j.Proxy, id)
 	}
-	if !(j.IntervalSeconds > 0) || math.IsInf(j.IntervalSeconds, 0) {
-		return LoadReport{}, fmt.Errorf(`field "interval_seconds": %v, want a positive number`, j.IntervalSeconds)
+	// At most a day, and at least a millisecond: a duration can hold it.
+	if !(j.IntervalSeconds >= 0.001 && j.IntervalSeconds <= 86400) {
+		return LoadReport{}, fmt.Errorf(`field "interval_seconds": %v, want a number of seconds from 0.001 to 86400`, j.IntervalSeconds)
 	}
 	at, err := time.Parse(time.RFC3339Nano, j.At)
 	if err != nil {

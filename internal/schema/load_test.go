@@ -77,3 +77,26 @@ func TestSettingsBalanceBy(t *testing.T) {
 		t.Fatal(`balance_by "weight" accepted`)
 	}
 }
+
+func FuzzParseLoadReport(f *testing.F) {
+	f.Add("caddy@p1", []byte(`{"proxy":"caddy@p1","interval_seconds":30,"at":"2026-11-21T10:00:30Z","buckets":{"0c":{"requests":41.5,"bytes_in":2048,"bytes_out":90112,"websockets":12}}}`))
+	f.Add("p", []byte(`{"proxy":"p","interval_seconds":1e-9,"at":"2026-11-21T10:00:30+02:00","buckets":{}}`))
+	f.Fuzz(func(t *testing.T, id string, in []byte) {
+		r, err := ParseLoadReport(id, in)
+		if err != nil {
+			return
+		}
+		if r.Proxy != id || r.Interval <= 0 {
+			t.Fatalf("accepted %s as %+v", in, r)
+		}
+		again, err := ParseLoadReport(id, r.Encode())
+		if err != nil || again.Interval != r.Interval || !again.At.Equal(r.At) || len(again.Buckets) != len(r.Buckets) {
+			t.Fatalf("round trip of %s: %+v %v", in, again, err)
+		}
+		for b, l := range r.Buckets {
+			if again.Buckets[b] != l {
+				t.Fatalf("round trip of %s: bucket %s %+v, was %+v", in, b, again.Buckets[b], l)
+			}
+		}
+	})
+}
