@@ -30,6 +30,7 @@ func TestParseLoadReportRejects(t *testing.T) {
 		"not JSON":            `{`,
 		"proxy mismatch":      `{"proxy":"other","interval_seconds":30,"at":"2026-11-21T10:00:30Z"}`,
 		"zero interval":       `{"proxy":"p@h","interval_seconds":0,"at":"2026-11-21T10:00:30Z"}`,
+		"interval of a year":  `{"proxy":"p@h","interval_seconds":31536000,"at":"2026-11-21T10:00:30Z"}`,
 		"no time":             `{"proxy":"p@h","interval_seconds":30}`,
 		"bad bucket":          `{` + ok + `,"buckets":{"zz":{"requests":1}}}`,
 		"bucket listed twice": `{` + ok + `,"buckets":{"0C":{"requests":1},"0c":{"requests":2}}}`,
