@@ -62,6 +62,7 @@ type monitor struct {
 	load           *loadTracker
 	loadCooldown   map[bucket.Bucket]time.Time
 	loadPauseUntil time.Time
+	loadAborted    map[bucket.Bucket]int64 // aborted moves by load, whose queued retry is dropped (see dropAbortedLoadMoves)
 	// testHookRequestWatch, if set, stands in for the requests watch
 	// whenever it is (re-)created.
 	testHookRequestWatch func(context.Context) <-chan clientv3.WatchResponse

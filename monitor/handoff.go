@@ -36,8 +36,10 @@ type decision struct {
 	// wake is when a round must run to see a held node's lease end (zero:
 	// no such node).
 	wake time.Time
-	// load is the round's plan by load, if it balanced by load.
-	load *planner.LoadPlan
+	// load is the round's plan by load, if it balanced by load;
+	// abortedLoad the moves by load the step aborts.
+	load        *planner.LoadPlan
+	abortedLoad []bucket.Bucket
 }
 
 // decide plans from cur (the assignment in etcd, or nil) and the snapshot:
@@ -107,6 +109,7 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 		}
 	} else {
 		keepHeld(plan, base, unreg.held, hold)
+		m.dropAbortedLoadMoves(plan, base)
 		if lp, err = m.planByLoad(mode, plan, base, eligibleNodes(live, planSettings), planSettings, hold, now); err != nil {
 			return nil, err
 		}
@@ -127,7 +130,7 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 		Current: base, Live: handoffLive, Released: released, Target: target, Reasons: reasons,
 		Hold: hold, Now: now, Limit: m.limits,
 	})
-	d := &decision{plan: plan, step: st, wake: unreg.wake, load: lp}
+	d := &decision{plan: plan, step: st, wake: unreg.wake, load: lp, abortedLoad: abortedLoadMoves(base, st)}
 	for _, b := range st.ConsumedReleases {
 		r, ok := snap.Released[b]
 		if !ok {

@@ -203,7 +203,7 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 		return 0, nil // the next round plans on them
 	}
 	rebalance, balanceWait := m.balanceDue(live, snap.Settings.AutoRebalance)
-	m.sampleLoad(ctx, time.Now())
+	m.sampleLoad(ctx, time.Now(), false)
 	mode := loadOff
 	if snap.Settings.ByLoad() {
 		// Balanced by load: evening out bucket counts would undo it.
@@ -399,7 +399,7 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		rebalance := (req.Op == monitorapi.OpRebalance && !byLoad) || (settings.AutoRebalance && !settings.ByLoad())
 		mode := loadOff
 		if byLoad {
-			m.sampleLoad(ctx, time.Now())
+			m.sampleLoad(ctx, time.Now(), true)
 			mode = loadRequested
 		}
 		d, err := m.decide(ctx, snap, cur, settings, rebalance, repair, mode)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/testutil"
@@ -163,13 +164,14 @@ func getSettings(t *testing.T, cli *clientv3.Client) schema.Settings {
 // Automatic mode: a load within the hysteresis band's upper edge (n1 at
 // about 1.2 × the mean) moves nothing; a skewed one is evened into the
 // band; then, with the load steady, round after round moves nothing more.
+// No per-bucket cooldown here: the band alone keeps it from flapping.
 func TestAutoLoadBalanceActsAboveHighAndDoesNotFlap(t *testing.T) {
 	c := etcdtest.Start(t)
 	cli := c.Client(t)
 	for _, n := range []string{"n1", "n2", "n3"} {
 		registerNode(t, cli, n)
 	}
-	tm := startMonitor(t, c, "mon-a", nil, fastLoad)
+	tm := startMonitor(t, c, "mon-a", nil, fastLoad, func(m *monitor) { m.loadCfg.Cooldown = 0 })
 	first, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
 	startAcker(t, cli)
 	if _, err := monitorapi.Send(ctxT(t), cli, layout, monitorapi.Request{Op: monitorapi.OpAutoLoadBalance, Enabled: true}); err != nil {
@@ -216,6 +218,41 @@ func TestAutoLoadBalanceActsAboveHighAndDoesNotFlap(t *testing.T) {
 	}
 	if tm.m.load.sampled.IsZero() {
 		t.Fatal("the monitor never sampled the load")
+	}
+}
+
+// After an aborted handoff, automatic mode pauses: n1 never releases, so
+// the load moves off it abort and are dropped (not queued for a retry);
+// the load is as skewed as before, yet nothing moves by load again during
+// the pause (without it, the next round would plan the same moves at
+// once: no cooldown here).
+func TestAutoLoadBalancePausesAfterAnAbortedMove(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	for _, n := range []string{"n1", "n2", "n3"} {
+		registerNode(t, cli, n)
+	}
+	startMonitor(t, c, "mon-a", nil, fastLoad, func(m *monitor) {
+		m.loadCfg.Cooldown, m.loadCfg.Pause = 0, time.Hour
+		m.limits = handoff.Limits{MaxMoving: 16, MaxMovingPerNode: 8, Timeout: 300 * time.Millisecond}
+	})
+	first, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
+	startAcker(t, cli, "n1") // n1's server never releases
+	load, _ := skewed(first, "n1")
+	putLoad(t, cli, "caddy@p1", 60, load)
+	if _, err := monitorapi.Send(ctxT(t), cli, layout, monitorapi.Request{Op: monitorapi.OpAutoLoadBalance, Enabled: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitAssignment(t, cli, "load moves started", func(a *schema.Assignment) bool { return len(a.Moving) > 0 })
+	// Aborted, and not queued to be tried again: a move by load is dropped.
+	aborted, _ := waitAssignment(t, cli, "the load moves aborted and dropped", func(a *schema.Assignment) bool { return settled(a) })
+	if changedOwners(first, aborted) != 0 {
+		t.Fatalf("%d bucket(s) changed owner though n1 never released", changedOwners(first, aborted))
+	}
+	for deadline := time.Now().Add(1500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if a := getAssignment(t, cli); len(a.Moving)+len(a.Queued) > 0 {
+			t.Fatalf("moves by load started again during the pause: moving %v, queued %v", a.Moving, a.Queued)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/planner"
 	"github.com/dtablecluster/dtable-router/internal/schema"
@@ -42,14 +43,18 @@ func (m *monitor) initLoad() {
 	if m.loadCooldown == nil {
 		m.loadCooldown = map[bucket.Bucket]time.Time{}
 	}
+	if m.loadAborted == nil {
+		m.loadAborted = map[bucket.Bucket]int64{}
+	}
 }
 
-// sampleLoad reads the proxies' reports if a sample is due. A failure is
-// logged and the last scores stay: load balancing waits, nothing else
-// does.
-func (m *monitor) sampleLoad(ctx context.Context, now time.Time) {
+// sampleLoad reads the proxies' reports if a sample is due, or at once
+// if now is set (an operator's request plans on the latest reports). A
+// failure is logged and the last scores stay: load balancing waits,
+// nothing else does.
+func (m *monitor) sampleLoad(ctx context.Context, now time.Time, force bool) {
 	m.initLoad()
-	if !m.load.due(now) {
+	if !force && !m.load.due(now) {
 		return
 	}
 	if err := m.load.refresh(ctx, m.cli, m.layout, m.log, now); err != nil {
@@ -136,11 +141,49 @@ func eligibleNodes(live []string, settings schema.Settings) []string {
 	return out
 }
 
+// abortedLoadMoves lists the moves by load that step aborts.
+func abortedLoadMoves(base *schema.Assignment, st *handoff.Step) []bucket.Bucket {
+	var out []bucket.Bucket
+	for _, mv := range st.Aborted {
+		if base.Moving[mv.Bucket].Reason == planner.ReasonLoad {
+			out = append(out, mv.Bucket)
+		}
+	}
+	return out
+}
+
+// dropAbortedLoadMoves takes back, in plan, the retry of every move by
+// load that was aborted: the handoff machine queues an aborted move to be
+// tried again after -handoff-cooldown, but a move by load is worth no
+// insistence: its bucket stays with its owner (the queue entry goes), and
+// a later round by load plans afresh.
+//
+// Each such bucket is remembered with the version that queued the retry:
+// a round planned on an older assignment (the watcher a little behind
+// our own write) neither drops nor forgets it.
+func (m *monitor) dropAbortedLoadMoves(plan *planner.Plan, base *schema.Assignment) {
+	for b, version := range m.loadAborted {
+		if base.Version < version {
+			continue
+		}
+		if _, queued := base.Queued[b]; !queued {
+			delete(m.loadAborted, b) // dropped already
+			continue
+		}
+		plan.Owners[b] = base.Owners[b]
+		plan.Moves = slices.DeleteFunc(plan.Moves, func(mv schema.Move) bool { return mv.Bucket == b })
+	}
+}
+
 // afterLoadWrite records what a written decision means for load
-// balancing: each bucket moved by load rests for the cooldown, and any
-// aborted move pauses automatic mode.
+// balancing: each bucket moved by load rests for the cooldown, an aborted
+// move by load is not retried, and any aborted move pauses automatic
+// mode.
 func (m *monitor) afterLoadWrite(d *decision, now time.Time) {
 	m.initLoad()
+	for _, b := range d.abortedLoad {
+		m.loadAborted[b] = d.next.Version
+	}
 	if d.load != nil {
 		for _, mv := range d.load.Moves {
 			m.loadCooldown[mv.Bucket] = now.Add(m.loadCfg.Cooldown)
