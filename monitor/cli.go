@@ -232,6 +232,7 @@ func status(ctx context.Context, c common, cli *clientv3.Client, log *zap.Logger
 	}
 	slices.Sort(pins)
 	fmt.Fprintf(stdout, "auto-rebalance: %s; drained: %s; pins: %s\n", auto, listOrNone(st.Drained), listOrNone(pins))
+	printBalanceMode(stdout, snap.Settings)
 	if st.SettingsError != "" {
 		fmt.Fprintf(stdout, "settings in etcd are INVALID: %s\n", st.SettingsError)
 	}

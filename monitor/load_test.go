@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -139,6 +140,9 @@ func TestRebalanceByLoadEvensASkewedLoadWithTheFewestMoves(t *testing.T) {
 	snapSettings := getSettings(t, cli)
 	if !snapSettings.ByLoad() {
 		t.Fatalf("settings after a rebalance by load: %+v; want balance_by load", snapSettings)
+	}
+	if out, _, code := runCapture("status", "-etcd", strings.Join(c.Endpoints(), ",")); code != 0 || !strings.Contains(out, "balanced by: load") {
+		t.Fatalf("monitor status: exit %d\n%s", code, out)
 	}
 	// Counts are 84/85/87 now; with count balancing they would be evened
 	// within 100 ms. Nothing moves.
@@ -322,6 +326,21 @@ func TestCorruptLoadReportIsSkippedWithAnError(t *testing.T) {
 	for _, e := range errs {
 		if e.ContextMap()["key"] == "" || e.ContextMap()["error"] == "" {
 			t.Fatalf("error without key or reason: %v", e.ContextMap())
+		}
+	}
+}
+
+// The CLI prints a rebalance by load's load per node before and after.
+func TestPrintResponseShowsTheLoadTable(t *testing.T) {
+	var out strings.Builder
+	printResponse(&out, "rebalance", &monitorapi.Response{OK: true, DryRun: true, PreviousVersion: 7,
+		Counts: map[string]int{"n1": 82, "n2": 87},
+		Load: &monitorapi.LoadSummary{Before: map[string]float64{"n1": 680, "n2": 85}, After: map[string]float64{"n1": 280, "n2": 485},
+			Mean: 382.5, Band: 1.1, Within: false, Proxies: []string{"caddy@p1"}}})
+	for _, want := range []string{"dry run, nothing changed", "mean 382.5, goal ≤ 1.10 × mean = 420.8: NOT within",
+		"NODE  LOAD_BEFORE  LOAD_AFTER  ×MEAN_AFTER", "n1    680.0        280.0       0.73", "n2    85.0         485.0       1.27"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("output lacks %q:\n%s", want, out.String())
 		}
 	}
 }

@@ -249,3 +249,18 @@ func printLoad(w io.Writer, l *monitorapi.LoadSummary) {
 	}
 	tw.Flush()
 }
+
+// printBalanceMode adds to `monitor status` what "balanced" means now.
+func printBalanceMode(w io.Writer, s schema.Settings) {
+	by, auto := "bucket counts", "off"
+	if s.ByLoad() {
+		by = "load (bucket counts are not evened)"
+	}
+	if s.AutoLoadBalance {
+		auto = "on"
+		if !s.ByLoad() {
+			auto = "on, but idle while balanced by bucket counts"
+		}
+	}
+	fmt.Fprintf(w, "balanced by: %s; auto-load-balance: %s\n", by, auto)
+}
