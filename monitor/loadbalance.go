@@ -49,7 +49,7 @@ func (m *monitor) initLoad() {
 }
 
 // sampleLoad reads the proxies' reports if a sample is due, or at once
-// if now is set (an operator's request plans on the latest reports). A
+// with force (an operator's request plans on the latest reports). A
 // failure is logged and the last scores stay: load balancing waits,
 // nothing else does.
 func (m *monitor) sampleLoad(ctx context.Context, now time.Time, force bool) {
