@@ -33,6 +33,7 @@ func init() {
 //	    handoff_wait <duration>
 //	    handoff_max_held_per_bucket <n>
 //	    handoff_max_held <n>
+//	    load_report off | <interval> [<proxy id>]
 //	    <any reverse_proxy subdirective, except to and dynamic>
 //	}
 //
@@ -143,6 +144,15 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 			} else {
 				router.MaxHeldInBucket = n
 			}
+		case "load_report":
+			if seen[name] {
+				return nil, d.Errf("%s already specified", name)
+			}
+			lr, err := parseLoadReport(args)
+			if err != nil {
+				return nil, d.Errf("load_report: %v", err)
+			}
+			router.LoadReport = lr
 		case "to", "dynamic":
 			return nil, d.Errf("dtable_bucket_proxy chooses the upstream itself (the bucket's owner in etcd); remove %q", name)
 		default:

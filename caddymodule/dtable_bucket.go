@@ -62,6 +62,10 @@ type DtableBucket struct {
 	// next one is answered 503 at once (reason hold_overflow).
 	MaxHeldInBucket int `json:"handoff_max_held_per_bucket,omitempty"`
 	MaxHeld         int `json:"handoff_max_held,omitempty"`
+	// LoadReport says how this proxy publishes the traffic it counts per
+	// bucket, for the monitor's balancing by load; default every 30s, as
+	// "caddy@<hostname>".
+	LoadReport *LoadReportConfig `json:"load_report,omitempty"`
 
 	finder      uuidFinder
 	retryAfter  string
@@ -116,7 +120,15 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 	if h.MaxHeld == 0 {
 		h.MaxHeld = defaultMaxHeld
 	}
-	return h.join(ctx, h.EtcdConfig)
+	loadCfg, err := h.LoadReport.resolve()
+	if err != nil {
+		return err
+	}
+	if err := h.join(ctx, h.EtcdConfig); err != nil {
+		return err
+	}
+	h.follower.configureLoadReport(loadCfg)
+	return nil
 }
 
 // Validate checks the settings.

@@ -29,7 +29,7 @@ import (
 //
 //	GET  /                        the status page (static shell; see status_page.go)
 //	GET  /events                  the page's live state (server-sent events)
-//	POST /rebalance/[?dry_run=1]  ask the leading monitor to rebalance (JSON result)
+//	POST /rebalance/[?dry_run=1]  ask the leading monitor to rebalance (JSON result; by=load: by load)
 //	POST /drain/<node>[?dry_run=1]    ask it to drain a node; /undrain/<node> likewise
 //	GET  /status                  assignment version, leader, nodes, etcd connection
 //	GET  /nodes                   nodes with state, bucket counts and URLs
@@ -45,7 +45,8 @@ import (
 // site (Sec-Fetch-Site, else Origin against Host: 403) and when its body
 // is not JSON (any Content-Type but application/json: 415), so a web page
 // cannot make a visitor's browser rebalance the cluster. dry_run takes 1,
-// true, 0 or false; any other value is 400.
+// true, 0 or false, by takes count (the default) or load; any other value
+// is 400.
 type DtableClusterAdmin struct {
 	EtcdConfig
 	// RequestTimeout bounds a rebalance request; default 10s.
@@ -216,13 +217,17 @@ func (h *DtableClusterAdmin) rebalance(w http.ResponseWriter, r *http.Request) e
 	if err != nil {
 		return writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
 	}
-	req := monitorapi.Request{Op: monitorapi.OpRebalance, DryRun: dry, From: h.from}
+	by, err := parseBy(r.URL.RawQuery)
+	if err != nil {
+		return writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+	}
+	req := monitorapi.Request{Op: monitorapi.OpRebalance, DryRun: dry, By: by, From: h.from}
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(h.RequestTimeout))
 	defer cancel()
 	resp, err := monitorapi.Send(ctx, h.follower.cli, h.follower.layout, req)
 	switch {
 	case err == nil:
-		h.log.Info("rebalance requested", zap.Bool("dry_run", req.DryRun), zap.Int("moves", len(resp.Moves)),
+		h.log.Info("rebalance requested", zap.Bool("dry_run", req.DryRun), zap.String("by", req.By), zap.Int("moves", len(resp.Moves)),
 			zap.Int64("version", resp.Version), zap.String("remote", r.RemoteAddr))
 		return writeJSON(w, http.StatusOK, resp)
 	case resp != nil:

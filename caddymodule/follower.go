@@ -111,6 +111,13 @@ type follower struct {
 	moves  *moveHistory
 	live   *statusHub
 	leader leaderCache // used by live's goroutine only
+	// load counts each bucket's traffic; the publisher (reportLoad)
+	// writes it to <prefix>/load/<id> as configured by the handler
+	// provisioned last (loadCfg; nil until one is), woken by loadWake.
+	load     loadCounters
+	loadCfg  atomic.Pointer[loadReportSettings]
+	loadWake chan struct{}
+	loadDone chan struct{}
 
 	stop chan struct{}
 	done chan struct{}
@@ -133,12 +140,14 @@ func startFollower(opts etcdclient.Options, layout schema.Layout) (*follower, er
 		watcher: watch.New(watch.Config{Client: cli, Layout: layout, Logger: log.Named("watch"),
 			ProgressInterval: watchProgressInterval}),
 		stop: make(chan struct{}), done: make(chan struct{}),
+		loadWake: make(chan struct{}, 1), loadDone: make(chan struct{}),
 	}
 	fw.table.Store(buildTable(fw, nil, nil))
 	fw.moves = newMoveHistory()
 	fw.live = newStatusHub(statusRefreshInterval, fw.liveState)
 	fw.watcher.Start()
 	go fw.follow()
+	go fw.reportLoad()
 	log.Info("following the cluster in etcd", zap.Strings("etcd", opts.Endpoints))
 	return fw, nil
 }
@@ -171,6 +180,7 @@ func (fw *follower) Destruct() error {
 	close(fw.stop)
 	<-fw.done
 	fw.live.close() // ends the status page streams
+	<-fw.loadDone // it revokes the load key's lease: needs the client
 	fw.watcher.Stop()
 	return fw.cli.Close()
 }

@@ -83,9 +83,21 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 	}
 	br := &bucketRequest{h: h, b: b}
 	br.rw.w = w
+	// Counted for the load report: every request of the bucket, routed
+	// or not (its demand); bytes as they pass (retryWriter, replayBody).
+	load := &h.follower.load[b]
+	load.requests.Add(1)
+	br.rw.load = load
+	if upgrade {
+		br.rw.upgrade = upgradeGet
+		if r.Method == http.MethodConnect {
+			br.rw.upgrade = upgradeConnect
+		}
+	}
 	defer br.finish()
 	if !upgrade && r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0 {
 		br.body = &br.bodyStore
+		br.bodyStore.load = load
 		r.Body = br.body.start(r.Body, r.ContentLength)
 		br.rw.body = br.body
 	}
@@ -189,7 +201,6 @@ func applyPathPrefix(r *http.Request, prefix string) {
 // bucketRequest is one request for a base across its attempts.
 type bucketRequest struct {
 	h         *DtableBucket
-	b         bucket.Bucket
 	rw        retryWriter
 	body      *replayBody // nil: the request has no body; else &bodyStore
 	bodyStore replayBody
@@ -201,8 +212,11 @@ type bucketRequest struct {
 	timer    *time.Timer
 	backoff  time.Duration
 	waited   time.Duration // in all its waits
-	didWait  bool
-	outcome  string // the routing error reason it ended with; "" if sent on
+	outcome  string        // the routing error reason it ended with; "" if sent on
+	// b and didWait share a word (the request is allocated per request:
+	// its size class is its cost).
+	b       bucket.Bucket
+	didWait bool
 }
 
 // attempt runs the next handler (reverse_proxy) once. If the upstream's
@@ -319,6 +333,9 @@ func (br *bucketRequest) finish() {
 	if br.body != nil {
 		br.body.stopKeeping()
 	}
+	if br.rw.streamOpen {
+		br.rw.load.websockets.Add(-1) // reverse_proxy returns when the tunnel ends
+	}
 	if br.didWait {
 		outcome := br.outcome
 		if outcome == "" {
@@ -362,9 +379,25 @@ type retryWriter struct {
 	before  headerSnapshot // the client writer's headers before this attempt
 	scratch http.Header    // where a dropped answer's late headers (trailers) go
 	state   uint8
-	notMine bool        // this attempt's answer was a 421, dropped
-	body    *replayBody // told to stop keeping the body once an answer passes; may be nil
+	notMine bool // this attempt's answer was a 421, dropped
+	// load counts the bytes written and, for an upgrade request
+	// (upgrade), the stream it opens (streamOpen until the request ends).
+	// The two flags sit next to the others, in what would be padding: the
+	// request's allocation stays in its size class.
+	upgrade    uint8
+	streamOpen bool
+	body       *replayBody // told to stop keeping the body once an answer passes; may be nil
+	load       *bucketLoad
 }
+
+// What an upgrade request's answer must be to open a stream: 101 for an
+// HTTP/1.1 Upgrade; 2xx for a CONNECT (WebSocket over HTTP/2 or 3, which
+// reverse_proxy answers 200).
+const (
+	upgradeNone uint8 = iota
+	upgradeGet
+	upgradeConnect
+)
 
 const (
 	rwPending  uint8 = iota // no status yet
@@ -408,6 +441,11 @@ func (rw *retryWriter) WriteHeader(code int) {
 	if rw.body != nil {
 		rw.body.stopKeeping()
 	}
+	if !rw.streamOpen && rw.load != nil && (rw.upgrade == upgradeGet && code == http.StatusSwitchingProtocols ||
+		rw.upgrade == upgradeConnect && code >= 200 && code < 300) {
+		rw.streamOpen = true
+		rw.load.websockets.Add(1)
+	}
 	rw.w.WriteHeader(code)
 }
 
@@ -418,7 +456,11 @@ func (rw *retryWriter) Write(p []byte) (int, error) {
 	if rw.state == rwDropping {
 		return len(p), nil
 	}
-	return rw.w.Write(p)
+	n, err := rw.w.Write(p)
+	if rw.load != nil {
+		rw.load.bytesOut.Add(uint64(n))
+	}
+	return n, err
 }
 
 // FlushError is what http.ResponseController calls to flush; a flush of
@@ -497,6 +539,7 @@ type replayBody struct {
 	err   error         // src's error once it returned one (io.EOF at the end)
 	gen   uint32        // the current reader's generation
 	done  atomic.Bool   // an answer passed to the client: stop keeping
+	load  *bucketLoad   // counts the bytes read from src (once each, however often replayed); may be nil
 }
 
 var errBodyReplaced = errors.New("request body: read by an attempt that has been replaced by another")
@@ -557,6 +600,9 @@ func (rr *replayReader) Read(p []byte) (int, error) {
 		return 0, rb.err
 	}
 	n, err := rb.src.Read(p)
+	if n > 0 && rb.load != nil {
+		rb.load.bytesIn.Add(uint64(n))
+	}
 	if n > 0 {
 		if rb.keep && len(rb.buf)+n <= replayLimit {
 			rb.buf = append(rb.buf, p[:n]...)

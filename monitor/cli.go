@@ -57,6 +57,9 @@ func (cmd *command) parse(args []string, stderr io.Writer) (*invocation, error) 
 	if cmd.dryRun {
 		fs.BoolVar(&inv.req.DryRun, "dry-run", false, "show the plan without changing anything")
 	}
+	if cmd.by {
+		fs.StringVar(&inv.req.By, "by", monitorapi.ByCount, "what to even out: count (buckets per node) or load (as the proxies measure it)")
+	}
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return nil, err
@@ -66,6 +69,13 @@ func (cmd *command) parse(args []string, stderr io.Writer) (*invocation, error) 
 	}
 	if len(pos) != len(cmd.args) {
 		return nil, usage.Errorf("want %d argument(s), got %d: %q\n\n%s", len(cmd.args), len(pos), pos, usageText())
+	}
+	switch inv.req.By {
+	case monitorapi.ByCount:
+		inv.req.By = "" // the default; a request without it means the same to every monitor
+	case "", monitorapi.ByLoad:
+	default:
+		return nil, usage.Errorf("flag -by: %q, want count or load", inv.req.By)
 	}
 	if cmd.op != "" {
 		inv.req.Op = cmd.op
@@ -157,7 +167,7 @@ func fillOnOff(req *monitorapi.Request, args []string) error {
 		req.Enabled = true
 	case "off":
 	default:
-		return usage.Errorf("auto-rebalance: want on or off, got %q", args[0])
+		return usage.Errorf("want on or off, got %q", args[0])
 	}
 	return nil
 }
@@ -222,6 +232,7 @@ func status(ctx context.Context, c common, cli *clientv3.Client, log *zap.Logger
 	}
 	slices.Sort(pins)
 	fmt.Fprintf(stdout, "auto-rebalance: %s; drained: %s; pins: %s\n", auto, listOrNone(st.Drained), listOrNone(pins))
+	printBalanceMode(stdout, snap.Settings)
 	if st.SettingsError != "" {
 		fmt.Fprintf(stdout, "settings in etcd are INVALID: %s\n", st.SettingsError)
 	}
@@ -282,6 +293,7 @@ func printResponse(w io.Writer, what string, r *monitorapi.Response) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", n, r.Counts[n], r.MovesPerNode[n].Gained, r.MovesPerNode[n].Lost)
 	}
 	tw.Flush()
+	printLoad(w, r.Load)
 	for _, warn := range r.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}

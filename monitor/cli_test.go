@@ -36,7 +36,7 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"run with an argument", []string{"run", "extra", etcd}, "monitor run: unexpected arguments: extra"},
 		{"invalid bucket", []string{"pin", "zz", "n1", etcd}, `invalid bucket "zz"`},
 		{"invalid bucket, flags first", []string{"unpin", etcd, "-dry-run", "zzz"}, `monitor unpin: invalid bucket "zzz"`},
-		{"auto-rebalance maybe", []string{"auto-rebalance", "maybe", etcd}, `monitor auto-rebalance: auto-rebalance: want on or off, got "maybe"`},
+		{"auto-rebalance maybe", []string{"auto-rebalance", "maybe", etcd}, `monitor auto-rebalance: want on or off, got "maybe"`},
 		{"unknown command", []string{"frobnicate"}, "monitor frobnicate: unknown command \"frobnicate\"\n\nUsage:"},
 		{"no etcd endpoints", []string{"status"}, "flag -etcd: no etcd endpoints"},
 		{"no etcd endpoints comes before the arguments", []string{"drain"}, "monitor drain: flag -etcd: no etcd endpoints"},
@@ -46,6 +46,10 @@ func TestCLIUsageErrors(t *testing.T) {
 		{"unreadable config", []string{"status", "-config", "/nonexistent.json"}, "cannot read"},
 		{"invalid prefix", []string{"rebalance", etcd, "-prefix", "nope"}, "flag -prefix"},
 		{"invalid log level", []string{"rebalance", etcd, "-log-level", "loud"}, "monitor rebalance: flag -log-level"},
+		{"rebalance by weight", []string{"rebalance", "-by", "weight", etcd}, `monitor rebalance: flag -by: "weight", want count or load`},
+		{"drain takes no -by", []string{"drain", "n1", "-by", "load", etcd}, "flag provided but not defined: -by"},
+		{"auto-load-balance maybe", []string{"auto-load-balance", "maybe", etcd}, `monitor auto-load-balance: want on or off, got "maybe"`},
+		{"load-high not above load-low", []string{"run", etcd, "-load-high", "1.05"}, "want 1 ≤ -load-low < -load-high"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -85,14 +89,15 @@ func TestCLIHelp(t *testing.T) {
 // The usage text is made from the command table; this is what it says.
 func TestUsageText(t *testing.T) {
 	const want = `Usage:
-  monitor [run] [flags]                     run the daemon (several may run; one leads)
-  monitor status                            nodes, buckets per node, version, leader
-  monitor rebalance [-dry-run]              even out bucket counts with the fewest moves
-  monitor drain NODE [-dry-run]             move every bucket off NODE; it receives nothing
-  monitor undrain NODE [-dry-run]           let NODE receive buckets again
-  monitor pin BUCKET NODE [-dry-run]        keep BUCKET (00..ff) on NODE while it is live
-  monitor unpin BUCKET [-dry-run]           let BUCKET move again
-  monitor auto-rebalance on|off [-dry-run]  rebalance on every change (off: only on request)
+  monitor [run] [flags]                          run the daemon (several may run; one leads)
+  monitor status                                 nodes, buckets per node, version, leader
+  monitor rebalance [-by count|load] [-dry-run]  even out bucket counts (or, -by load, the load the proxies measure) with the fewest moves
+  monitor drain NODE [-dry-run]                  move every bucket off NODE; it receives nothing
+  monitor undrain NODE [-dry-run]                let NODE receive buckets again
+  monitor pin BUCKET NODE [-dry-run]             keep BUCKET (00..ff) on NODE while it is live
+  monitor unpin BUCKET [-dry-run]                let BUCKET move again
+  monitor auto-rebalance on|off [-dry-run]       rebalance on every change (off: only on request)
+  monitor auto-load-balance on|off [-dry-run]    move buckets by load on its own, with hysteresis (on also balances by load from now on)
 Every command takes -cacert, -cert, -config, -endpoints, -etcd, -key, -log-json, -log-level, -password, -prefix, -user.
 Every command but run also takes -json, -timeout, -wait.
 etcd settings may also come from $ETCDCTL_ENDPOINTS, _CACERT, _CERT, _KEY, _USER, _PASSWORD (flags win).
@@ -159,6 +164,12 @@ func TestCommandParse(t *testing.T) {
 			want: monitorapi.Request{Op: monitorapi.OpAutoRebalance, Enabled: true}},
 		{name: "auto-rebalance off", args: []string{"auto-rebalance", etcd, "off"},
 			want: monitorapi.Request{Op: monitorapi.OpAutoRebalance}},
+		{name: "rebalance -by load -dry-run", args: []string{"rebalance", "-by", "load", "-dry-run", etcd},
+			want: monitorapi.Request{Op: monitorapi.OpRebalance, By: monitorapi.ByLoad, DryRun: true}},
+		{name: "rebalance -by count is the default", args: []string{"rebalance", "-by=count", etcd},
+			want: monitorapi.Request{Op: monitorapi.OpRebalance}},
+		{name: "auto-load-balance on", args: []string{"auto-load-balance", "on", etcd},
+			want: monitorapi.Request{Op: monitorapi.OpAutoLoadBalance, Enabled: true}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

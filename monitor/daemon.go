@@ -55,6 +55,14 @@ type monitor struct {
 	// versionSeen is the highest assignment version seen, valid or not: a
 	// repair writes a newer one.
 	versionSeen int64
+	// Load balancing: the flags, the smoothed scores, and the state of
+	// automatic mode (a bucket moved by load rests until loadCooldown;
+	// after an aborted move nothing moves by load until loadPauseUntil).
+	loadCfg        loadSettings
+	load           *loadTracker
+	loadCooldown   map[bucket.Bucket]time.Time
+	loadPauseUntil time.Time
+	loadAborted    map[bucket.Bucket]int64 // aborted moves by load, whose queued retry is dropped (see dropAbortedLoadMoves)
 	// testHookRequestWatch, if set, stands in for the requests watch
 	// whenever it is (re-)created.
 	testHookRequestWatch func(context.Context) <-chan clientv3.WatchResponse
@@ -69,6 +77,7 @@ func (m *monitor) run(ctx context.Context) error {
 	if m.cooldown == nil {
 		m.cooldown = map[bucket.Bucket]time.Time{}
 	}
+	m.initLoad()
 	if m.leases == nil {
 		m.leases = newLeaseBook()
 		fctx, stop := context.WithCancel(ctx)

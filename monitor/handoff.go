@@ -36,6 +36,10 @@ type decision struct {
 	// wake is when a round must run to see a held node's lease end (zero:
 	// no such node).
 	wake time.Time
+	// load is the round's plan by load, if it balanced by load;
+	// abortedLoad the moves by load the step aborts.
+	load        *planner.LoadPlan
+	abortedLoad []bucket.Bucket
 }
 
 // decide plans from cur (the assignment in etcd, or nil) and the snapshot:
@@ -49,7 +53,10 @@ type decision struct {
 // With no eligible node the error is planner.ErrNoEligibleNode and, if
 // there is an assignment, the decision still advances the moves in
 // progress (commit, abort; each keeps its target) and starts nothing.
-func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.Assignment, settings schema.Settings, rebalance, write bool) (*decision, error) {
+//
+// mode says whether the round also moves buckets by load (planByLoad):
+// those moves join the planner's, with Reason "load".
+func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.Assignment, settings schema.Settings, rebalance, write bool, mode loadMode) (*decision, error) {
 	unreg, err := m.findUnregistered(ctx, snap, cur)
 	if err != nil {
 		return nil, err
@@ -93,6 +100,7 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 	}
 	var target [bucket.Count]string
 	reasons := map[bucket.Bucket]string{}
+	var lp *planner.LoadPlan
 	if noEligible {
 		// No plan: each move in progress keeps its target, nothing starts.
 		plan.Owners, plan.Moves = base.Owners, nil
@@ -101,6 +109,10 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 		}
 	} else {
 		keepHeld(plan, base, unreg.held, hold)
+		m.dropAbortedLoadMoves(plan, base)
+		if lp, err = m.planByLoad(mode, plan, base, eligibleNodes(live, planSettings), planSettings, hold, now); err != nil {
+			return nil, err
+		}
 		target = plan.Owners
 		for _, mv := range plan.Moves {
 			reasons[mv.Bucket] = mv.Reason
@@ -118,7 +130,7 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 		Current: base, Live: handoffLive, Released: released, Target: target, Reasons: reasons,
 		Hold: hold, Now: now, Limit: m.limits,
 	})
-	d := &decision{plan: plan, step: st, wake: unreg.wake}
+	d := &decision{plan: plan, step: st, wake: unreg.wake, load: lp, abortedLoad: abortedLoadMoves(base, st)}
 	for _, b := range st.ConsumedReleases {
 		r, ok := snap.Released[b]
 		if !ok {
@@ -193,6 +205,7 @@ func keepHeld(plan *planner.Plan, cur *schema.Assignment, held map[string]string
 // bucket whose move was aborted rests for the cooldown before it is tried
 // again.
 func (m *monitor) afterWrite(d *decision) {
+	m.afterLoadWrite(d, time.Now())
 	for _, mv := range d.step.Aborted {
 		if mv.Reason == handoff.ReasonTimeout {
 			m.cooldown[mv.Bucket] = time.Now().Add(m.cooldownFor)

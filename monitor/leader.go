@@ -203,7 +203,16 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 		return 0, nil // the next round plans on them
 	}
 	rebalance, balanceWait := m.balanceDue(live, snap.Settings.AutoRebalance)
-	d, err := m.decide(ctx, snap, cur, snap.Settings, rebalance, repair)
+	m.sampleLoad(ctx, time.Now(), false)
+	mode := loadOff
+	if snap.Settings.ByLoad() {
+		// Balanced by load: evening out bucket counts would undo it.
+		rebalance, balanceWait = false, 0
+		if snap.Settings.AutoLoadBalance {
+			mode = loadAuto
+		}
+	}
+	d, err := m.decide(ctx, snap, cur, snap.Settings, rebalance, repair, mode)
 	if errors.Is(err, planner.ErrNoEligibleNode) {
 		// Nothing new starts, but the moves in progress still commit or
 		// abort (d advances them).
@@ -226,6 +235,7 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 	}
 	m.afterWrite(d)
 	m.logChange("assignment updated", cur, d.next, d.plan, rev, repair)
+	m.logLoad(d, true)
 	m.logStep(d)
 	return minWait(m.nextWake(d.next, d.wake), balanceWait), nil
 }
@@ -383,8 +393,17 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		if (req.Op == monitorapi.OpDrain || req.Op == monitorapi.OpPin) && !slices.Contains(live, req.Node) {
 			resp.Warnings = append(resp.Warnings, fmt.Sprintf("node %s is not registered now", req.Node))
 		}
-		d, err := m.decide(ctx, snap, cur, settings, req.Op == monitorapi.OpRebalance || settings.AutoRebalance, repair)
-		if errors.Is(err, planner.ErrNoEligibleNode) {
+		byLoad := req.Op == monitorapi.OpRebalance && req.By == monitorapi.ByLoad
+		// A rebalance by count evens counts; so does auto-rebalance, unless
+		// the cluster is balanced by load (it would undo the load moves).
+		rebalance := (req.Op == monitorapi.OpRebalance && !byLoad) || (settings.AutoRebalance && !settings.ByLoad())
+		mode := loadOff
+		if byLoad {
+			m.sampleLoad(ctx, time.Now(), true)
+			mode = loadRequested
+		}
+		d, err := m.decide(ctx, snap, cur, settings, rebalance, repair, mode)
+		if errors.Is(err, planner.ErrNoEligibleNode) || errors.Is(err, errNoLoadReports) {
 			resp.Error = fmt.Sprintf("%v: the assignment is left as it is", err)
 			log.Warn("request refused", zap.String("error", resp.Error))
 			return m.respond(ctx, l, kv, id, nil, resp, nil, nil, nil, nil)
@@ -394,6 +413,7 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 		}
 		plan := d.plan
 		describe(resp, plan)
+		m.describeLoad(resp, d.load)
 		describeHandoff(resp, d, m.limits)
 		next := d.next
 		var newSettings *schema.Settings
@@ -424,6 +444,7 @@ func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.K
 			if next != nil {
 				m.afterWrite(d)
 				m.logChange("assignment updated by request", cur, next, plan, l.lastWrite, repair)
+				m.logLoad(d, false)
 				m.logStep(d)
 			}
 		}
@@ -452,6 +473,17 @@ func applyOp(s *schema.Settings, req monitorapi.Request) bool {
 		delete(s.Pins, b)
 	case monitorapi.OpAutoRebalance:
 		s.AutoRebalance = req.Enabled
+	case monitorapi.OpRebalance:
+		// The last rebalance says what "balanced" means from now on.
+		s.BalanceBy = ""
+		if req.By == monitorapi.ByLoad {
+			s.BalanceBy = schema.BalanceByLoad
+		}
+	case monitorapi.OpAutoLoadBalance:
+		s.AutoLoadBalance = req.Enabled
+		if req.Enabled {
+			s.BalanceBy = schema.BalanceByLoad
+		}
 	}
 	return string(s.Encode()) != before
 }

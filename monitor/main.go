@@ -116,6 +116,7 @@ type command struct {
 	args    []string // positional arguments, named as in the usage line; exactly these many
 	summary string   // what it does, for the usage text
 	dryRun  bool     // takes -dry-run: show the plan, change nothing
+	by      bool     // takes -by count|load: what a rebalance evens out
 
 	// How it runs: exactly one of daemon, read and op is set.
 	//
@@ -136,8 +137,8 @@ var commands = []command{
 		summary: "run the daemon (several may run; one leads)"},
 	{name: "status", read: status,
 		summary: "nodes, buckets per node, version, leader"},
-	{name: "rebalance", op: monitorapi.OpRebalance, dryRun: true,
-		summary: "even out bucket counts with the fewest moves"},
+	{name: "rebalance", op: monitorapi.OpRebalance, dryRun: true, by: true,
+		summary: "even out bucket counts (or, -by load, the load the proxies measure) with the fewest moves"},
 	{name: "drain", args: []string{"NODE"}, op: monitorapi.OpDrain, fill: fillNode, dryRun: true,
 		summary: "move every bucket off NODE; it receives nothing"},
 	{name: "undrain", args: []string{"NODE"}, op: monitorapi.OpUndrain, fill: fillNode, dryRun: true,
@@ -148,6 +149,8 @@ var commands = []command{
 		summary: "let BUCKET move again"},
 	{name: "auto-rebalance", args: []string{"on|off"}, op: monitorapi.OpAutoRebalance, fill: fillOnOff, dryRun: true,
 		summary: "rebalance on every change (off: only on request)"},
+	{name: "auto-load-balance", args: []string{"on|off"}, op: monitorapi.OpAutoLoadBalance, fill: fillOnOff, dryRun: true,
+		summary: "move buckets by load on its own, with hysteresis (on also balances by load from now on)"},
 }
 
 // lookup returns the command called name, or nil.
@@ -185,6 +188,9 @@ func (cmd *command) synopsis() string {
 	words = append(words, cmd.args...)
 	if cmd.daemon != nil {
 		words = append(words, "[flags]")
+	}
+	if cmd.by {
+		words = append(words, "[-by count|load]")
 	}
 	if cmd.dryRun {
 		words = append(words, "[-dry-run]")
@@ -255,6 +261,8 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.IntVar(&limits.MaxMovingPerNode, "max-moving-per-node", limits.MaxMovingPerNode, "most handoffs in progress per node (as source or target)")
 	cooldown := fs.Duration("handoff-cooldown", 2*time.Minute, "after an aborted handoff, how long the bucket rests before it is tried again")
 	rebalanceAfter := fs.Duration("rebalance-after", 2*time.Minute, "even out bucket counts once the live nodes are unchanged this long (0: only on request)")
+	load := defaultLoadSettings
+	load.addFlags(fs)
 	pos, err := parseInterleaved(fs, args)
 	if err != nil {
 		return err
@@ -263,6 +271,9 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		return usage.Errorf("unexpected arguments: %s", strings.Join(pos, " "))
 	}
 	if err := c.finish(); err != nil {
+		return usage.Wrap(err)
+	}
+	if err := load.check(); err != nil {
 		return usage.Wrap(err)
 	}
 	if *interval <= 0 || *settle < 0 || *sessionTTL < time.Second {
@@ -288,6 +299,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		cli: cli, layout: c.layout, watcher: w, id: *id, interval: *interval, settle: *settle,
 		sessionTTL: int((*sessionTTL + time.Second - 1) / time.Second), log: log.With(zap.String("monitor", *id)),
 		limits: limits, cooldownFor: *cooldown, rebalanceAfter: *rebalanceAfter, cooldown: map[bucket.Bucket]time.Time{},
+		loadCfg: load,
 	}
 	m.log.Info("monitor starting", zap.Strings("etcd", c.etcd.Endpoints), zap.String("prefix", c.layout.Prefix))
 	return m.run(ctx)

@@ -111,6 +111,8 @@ type options struct {
 	refuse   map[string]bool
 	monitors int
 	monArgs  []string
+	// proxyBlock is more lines in the dtable_bucket_proxy block.
+	proxyBlock string
 }
 
 func newCluster(t *testing.T, o options) *cluster {
@@ -135,7 +137,7 @@ func newCluster(t *testing.T, o options) *cluster {
 			"-interval", "500ms", "-session-ttl", "2s"}, o.monArgs...)
 		c.mons[name] = testutil.StartProcess(t, name, monitorBin, nil, args...)
 	}
-	c.loadCaddy()
+	c.loadCaddy(o.proxyBlock)
 	c.followHandoffs()
 	testutil.Eventually(t, 20*time.Second, "every bucket assigned and held by its owner", func() bool {
 		a := c.assignment()
@@ -159,7 +161,7 @@ func (c *cluster) startRegistrar(s *server) {
 		"-ttl", ttl.String(), "-shutdown-timeout", "30s", "-release-timeout", "10s")
 }
 
-func (c *cluster) loadCaddy() {
+func (c *cluster) loadCaddy(proxyBlock string) {
 	eps := strings.Join(c.etcd.Endpoints(), " ")
 	cfg := fmt.Sprintf(`{
 	admin localhost:%d
@@ -172,9 +174,10 @@ func (c *cluster) loadCaddy() {
 	dtable_bucket_proxy {
 		etcd %s
 		lb_try_duration 2s
+%s
 	}
 }
-`, adminPort, httpPort, proxyPort, eps)
+`, adminPort, httpPort, proxyPort, eps, proxyBlock)
 	tester := caddytest.NewTester(c.t).WithDefaultOverrides(caddytest.Config{AdminPort: adminPort, LoadRequestTimeout: 20 * time.Second})
 	tester.InitServer(cfg, "caddyfile")
 	c.t.Cleanup(func() { // unload before etcd stops

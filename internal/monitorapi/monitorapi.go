@@ -35,6 +35,15 @@ const (
 	OpPin           = "pin"            // Bucket stays on Node
 	OpUnpin         = "unpin"          // Bucket is free again
 	OpAutoRebalance = "auto_rebalance" // Enabled switches rebalancing on every change
+	// OpAutoLoadBalance: Enabled switches balancing by load on its own,
+	// with hysteresis; on also makes load what "balanced" means.
+	OpAutoLoadBalance = "auto_load_balance"
+)
+
+// What a rebalance evens out (Request.By).
+const (
+	ByCount = "count" // bucket counts (the default)
+	ByLoad  = "load"  // the load the proxies measure
 )
 
 // Request asks the leading monitor for one operation.
@@ -47,6 +56,10 @@ type Request struct {
 	Enabled   bool   `json:"enabled,omitempty"`
 	From      string `json:"from,omitempty"` // who asks, for the log: "monitor-cli@host", "caddy@host"
 	CreatedAt string `json:"created_at,omitempty"`
+	// By is what a rebalance evens out: ByCount ("" means the same) or
+	// ByLoad. The last rebalance carried out sets the cluster's criterion
+	// (schema.Settings.BalanceBy).
+	By string `json:"by,omitempty"`
 }
 
 // NodeMoves counts the buckets a node gains and loses.
@@ -82,9 +95,25 @@ type Response struct {
 	Started []schema.Move `json:"started,omitempty"`
 	Queued  []schema.Move `json:"queued,omitempty"`
 	Waves   int           `json:"waves,omitempty"`
+	// Load is filled for a rebalance by load (dry runs too): the load
+	// per node before and after the planned moves.
+	Load *LoadSummary `json:"load,omitempty"`
 	// Outcome is filled by a caller that waited for the handoffs (the CLI
 	// with -wait); the monitor leaves it empty.
 	Outcome *Outcome `json:"outcome,omitempty"`
+}
+
+// LoadSummary is what a rebalance by load saw and predicts. Loads are
+// smoothed load scores (README, "Load balancing"); the mean is over the
+// nodes that may hold buckets; Band is the goal (every node ≤ Band ×
+// Mean), Within whether the plan reaches it.
+type LoadSummary struct {
+	Before  map[string]float64 `json:"before"`
+	After   map[string]float64 `json:"after"`
+	Mean    float64            `json:"mean"`
+	Band    float64            `json:"band"`
+	Within  bool               `json:"within"`
+	Proxies []string           `json:"proxies"` // whose reports the load is summed from
 }
 
 // Outcome is how the handoffs of a response ended, as seen by a caller
@@ -102,8 +131,16 @@ var ErrNoMonitor = errors.New("no monitor answered")
 
 // Validate checks that a request names what its operation needs.
 func (r *Request) Validate() error {
+	switch r.By {
+	case "", ByCount, ByLoad:
+	default:
+		return fmt.Errorf("%s: by %q: want %q or %q", r.Op, r.By, ByCount, ByLoad)
+	}
+	if r.By != "" && r.Op != OpRebalance {
+		return fmt.Errorf("%s: by is only for %s", r.Op, OpRebalance)
+	}
 	switch r.Op {
-	case OpRebalance, OpAutoRebalance:
+	case OpRebalance, OpAutoRebalance, OpAutoLoadBalance:
 	case OpDrain, OpUndrain:
 		if err := schema.ValidateNodeID(r.Node); err != nil {
 			return fmt.Errorf("%s: %v", r.Op, err)

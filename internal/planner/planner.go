@@ -12,6 +12,10 @@
 //   - Rebalance (on request, or on every run with auto-rebalance): bucket
 //     counts end up as even as pins allow (spread ≤ 1 without pins) with the
 //     fewest possible moves.
+//   - ByLoad (byload.go; on request, or automatically with hysteresis):
+//     the moves that bring every node's measured load within a band
+//     around the mean, from the hottest node to the coldest, as few as it
+//     finds.
 //
 // Compute runs these steps, each a method of planning, in this order:
 //

@@ -12,7 +12,8 @@ import (
 // JSON value at <prefix>/settings and written by the leading monitor when it
 // carries out a request:
 //
-//	{"drained": ["dtable-server-03"], "pins": {"0a": "dtable-server-01"}, "auto_rebalance": false}
+//	{"drained": ["dtable-server-03"], "pins": {"0a": "dtable-server-01"}, "auto_rebalance": false,
+//	 "balance_by": "load", "auto_load_balance": true}
 type Settings struct {
 	// Drained nodes stay registered but own no bucket (e.g. before maintenance).
 	Drained []string
@@ -21,12 +22,34 @@ type Settings struct {
 	// AutoRebalance evens out bucket counts on every change (a node joining
 	// then takes buckets from the others); off by default, for stability.
 	AutoRebalance bool
+	// BalanceBy is what "balanced" means: BalanceByCount (the default: even
+	// bucket counts) or BalanceByLoad (even load as the proxies measure
+	// it). The last rebalance request sets it. While it is "load", bucket
+	// counts are not evened (that would undo the load moves): no periodic
+	// or automatic count rebalance.
+	BalanceBy string
+	// AutoLoadBalance moves buckets by load on its own, with hysteresis
+	// (monitor flags -load-high, -load-low); only while BalanceBy is
+	// "load". Off by default.
+	AutoLoadBalance bool
 }
+
+// What a rebalance evens out (Settings.BalanceBy).
+const (
+	BalanceByCount = "count"
+	BalanceByLoad  = "load"
+)
+
+// ByLoad reports whether the cluster is balanced by load.
+func (s Settings) ByLoad() bool { return s.BalanceBy == BalanceByLoad }
 
 type settingsJSON struct {
 	Drained       []string          `json:"drained"`
 	Pins          map[string]string `json:"pins"`
 	AutoRebalance bool              `json:"auto_rebalance"`
+	// Added with load balancing; absent in older values (count, off).
+	BalanceBy       string `json:"balance_by,omitempty"`
+	AutoLoadBalance bool   `json:"auto_load_balance,omitempty"`
 }
 
 // IsDrained reports whether node is drained.
@@ -47,7 +70,11 @@ func (s Settings) Clone() Settings {
 
 // Encode returns the JSON value, with drained nodes sorted.
 func (s Settings) Encode() []byte {
-	j := settingsJSON{Drained: slices.Sorted(slices.Values(s.Drained)), Pins: map[string]string{}, AutoRebalance: s.AutoRebalance}
+	j := settingsJSON{Drained: slices.Sorted(slices.Values(s.Drained)), Pins: map[string]string{}, AutoRebalance: s.AutoRebalance,
+		AutoLoadBalance: s.AutoLoadBalance}
+	if s.BalanceBy == BalanceByLoad {
+		j.BalanceBy = BalanceByLoad // "count" is the default: left out, so older values stay byte-identical
+	}
 	if j.Drained == nil {
 		j.Drained = []string{}
 	}
@@ -67,7 +94,14 @@ func ParseSettings(value []byte) (Settings, error) {
 	if err := json.Unmarshal(value, &j); err != nil {
 		return Settings{}, fmt.Errorf("not a JSON settings object: %v", err)
 	}
-	s := Settings{AutoRebalance: j.AutoRebalance}
+	s := Settings{AutoRebalance: j.AutoRebalance, AutoLoadBalance: j.AutoLoadBalance}
+	switch j.BalanceBy {
+	case "", BalanceByCount:
+	case BalanceByLoad:
+		s.BalanceBy = BalanceByLoad
+	default:
+		return Settings{}, fmt.Errorf(`field "balance_by": %q, want "count" or "load"`, j.BalanceBy)
+	}
 	for _, n := range j.Drained {
 		if err := ValidateNodeID(n); err != nil {
 			return Settings{}, fmt.Errorf(`field "drained": %v`, err)
