@@ -111,6 +111,7 @@ type follower struct {
 	moves  *moveHistory
 	live   *statusHub
 	leader leaderCache // used by live's goroutine only
+	loads  loadCache   // likewise
 	// load counts each bucket's traffic; the publisher (reportLoad)
 	// writes it to <prefix>/load/<id> as configured by the handler
 	// provisioned last (loadCfg; nil until one is), woken by loadWake.
@@ -180,7 +181,7 @@ func (fw *follower) Destruct() error {
 	close(fw.stop)
 	<-fw.done
 	fw.live.close() // ends the status page streams
-	<-fw.loadDone // it revokes the load key's lease: needs the client
+	<-fw.loadDone   // it revokes the load key's lease: needs the client
 	fw.watcher.Stop()
 	return fw.cli.Close()
 }

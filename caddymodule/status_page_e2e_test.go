@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -125,8 +126,9 @@ func (e *env) follower() *follower {
 // within a second, is kept alive, and ends on disconnect and on reload.
 func TestStatusPageShellAndEvents(t *testing.T) {
 	old := sseKeepAlive
-	sseKeepAlive = 150 * time.Millisecond
-	t.Cleanup(func() { sseKeepAlive = old })
+	oldLoadAge := loadCacheAge
+	sseKeepAlive, loadCacheAge = 150*time.Millisecond, 100*time.Millisecond
+	t.Cleanup(func() { sseKeepAlive, loadCacheAge = old, oldLoadAge })
 	e := setupWith(t, extraConfig{adminBlock: "\t\ttoken " + pageToken})
 
 	for path, ctype := range map[string]string{"/": "text/html", "/assets/app.js": "text/javascript", "/assets/app.css": "text/css"} {
@@ -203,6 +205,29 @@ func TestStatusPageShellAndEvents(t *testing.T) {
 	}
 	if st.Buckets[0x05].NodeID != "n1" || st.Buckets[0x05].MovingTo != "" || st.Buckets[0x05].Epoch != 3 {
 		t.Fatalf("bucket 05 after the commit: %+v", st.Buckets[0x05])
+	}
+
+	// Load reports (the proxies' keys under <prefix>/load/) show as each
+	// bucket's score, summed over the proxies, and each node's share; an
+	// invalid report is left out.
+	report := func(proxy string, loads map[bucket.Bucket]schema.BucketLoad) []byte {
+		return schema.LoadReport{Proxy: proxy, Interval: 30 * time.Second, At: time.Now(), Buckets: loads}.Encode()
+	}
+	e.put(layout.LoadKey("p1"), report("p1", map[bucket.Bucket]schema.BucketLoad{0x05: {Requests: 30, WebSockets: 5}, 0x07: {Requests: 5}}))
+	e.put(layout.LoadKey("p2"), report("p2", map[bucket.Bucket]schema.BucketLoad{0x05: {WebSockets: 5}}))
+	e.put(layout.LoadKey("p3"), []byte(`{"proxy":"p3","buckets":{"05":{"requests":-1}}}`))
+	st = s.nextState(t, 3*time.Second, "the load reports", func(st *liveState) bool { return st.Buckets[0x05].Load != nil })
+	if l := st.Buckets[0x05].Load; *l != 40 {
+		t.Fatalf("bucket 05 load %v; want 40 (30 requests/s + 10 WebSockets over two proxies)", *l)
+	}
+	if l := st.Buckets[0x07].Load; l == nil || *l != 5 {
+		t.Fatalf("bucket 07 load %v; want 5", l)
+	}
+	for _, n := range st.Nodes {
+		want := map[string]float64{"n1": 0.8, "n2": 0.2, "n3": 0}[n.NodeID]
+		if n.LoadShare == nil || math.Abs(*n.LoadShare-want) > 1e-9 {
+			t.Fatalf("node %s load share %v; want %v", n.NodeID, n.LoadShare, want)
+		}
 	}
 
 	// A second viewer shares the state; one that leaves is forgotten.

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
+	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/statusview"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
@@ -49,7 +52,8 @@ type liveBucket struct {
 
 // liveStateKey changes whenever the state a viewer sees does: a new
 // snapshot (every etcd change, the routing table's time with it), another
-// leader, etcd connection or error, a new move event.
+// leader, etcd connection or error, a new move event, a new read of the
+// load reports.
 type liveStateKey struct {
 	table      *routeTable
 	leader     string
@@ -57,13 +61,61 @@ type liveStateKey struct {
 	connected  bool
 	lastError  string
 	movesTotal uint64
+	loadRev    int64 // the load reports' read revision
 }
 
-// bucketLoads returns each bucket's load, or nil when no loads are
-// reported; the page then shows none.
-func bucketLoads(snap *watch.Snapshot) map[bucket.Bucket]float64 {
-	// wired to the load reports by the integrator
-	return nil
+// loadCacheAge is how long the status page's view of the load reports
+// is reused before they are read from etcd again: a proxy reports every
+// 30 s by default, so a few seconds is fresh enough. (A variable for
+// tests.)
+var loadCacheAge = 5 * time.Second
+
+// loadCache is the follower's shared view of every proxy's load report
+// (<prefix>/load/) for the status page: each bucket's score, summed over
+// the reports, with the default weights (schema.DefaultLoad*). Like
+// leaderCache, it is read by the status hub's goroutine only, at most
+// every loadCacheAge and only while someone watches: the reports are not
+// in the watcher's snapshots (a load-only change must not wake routing).
+type loadCache struct {
+	loads map[bucket.Bucket]float64 // nil: no valid report
+	rev   int64                     // etcd revision of the last read, for liveStateKey
+	at    time.Time
+}
+
+// get returns each bucket's load, or nil when no proxy reports any (the
+// page then shows none), and the revision it was read at. An invalid
+// report is left out, as the monitor leaves it out; an unreachable etcd
+// keeps the last view.
+func (c *loadCache) get(fw *follower) (map[bucket.Bucket]float64, int64) {
+	if !c.at.IsZero() && time.Since(c.at) < loadCacheAge {
+		return c.loads, c.rev
+	}
+	c.at = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	resp, err := fw.cli.Get(ctx, fw.layout.LoadPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return c.loads, c.rev
+	}
+	var loads map[bucket.Bucket]float64
+	for _, kv := range resp.Kvs {
+		id, ok := fw.layout.ProxyIDFromLoadKey(string(kv.Key))
+		if !ok {
+			continue
+		}
+		r, err := schema.ParseLoadReport(id, kv.Value)
+		if err != nil {
+			continue // the monitor logs it; the page shows the valid ones
+		}
+		if loads == nil {
+			loads = make(map[bucket.Bucket]float64, bucket.Count)
+		}
+		for b, l := range r.Buckets {
+			loads[b] += l.Score(schema.DefaultLoadWSWeight, schema.DefaultLoadBytesPerUnit)
+		}
+	}
+	c.loads, c.rev = loads, resp.Header.Revision
+	return c.loads, c.rev
 }
 
 // leaderCacheAge is how long the status page's view of the leading
@@ -106,7 +158,7 @@ func (fw *follower) liveState() (any, []byte) {
 		Etcd: fw.endpoints, EtcdConnected: st.Connected, LastContact: st.LastContact, LastError: st.LastError,
 		TableBuiltAt: t.builtAt, RecentMoves: moves, MovesSeenSince: fw.moves.since}
 	s.Leader = leader
-	loads := bucketLoads(snap)
+	loads, loadRev := fw.loads.get(fw)
 	s.Buckets = liveBuckets(snap, loads)
 	s.Nodes = liveNodes(s.Status.Nodes, snap, loads)
 	data, err := json.Marshal(s)
@@ -114,7 +166,7 @@ func (fw *follower) liveState() (any, []byte) {
 		data, _ = json.Marshal(map[string]string{"error": err.Error()})
 	}
 	return liveStateKey{table: t, leader: leader, leaderErr: leaderErr, connected: st.Connected,
-		lastError: st.LastError, movesTotal: total}, data
+		lastError: st.LastError, movesTotal: total, loadRev: loadRev}, data
 }
 
 func liveBuckets(snap *watch.Snapshot, loads map[bucket.Bucket]float64) []liveBucket {

@@ -42,7 +42,7 @@ type loadSettings struct {
 }
 
 // defaultLoadSettings are the flags' defaults.
-var defaultLoadSettings = loadSettings{WSWeight: 1, BytesPerUnit: 64 << 10, HalfLife: 2 * time.Minute, Sample: 10 * time.Second,
+var defaultLoadSettings = loadSettings{WSWeight: schema.DefaultLoadWSWeight, BytesPerUnit: schema.DefaultLoadBytesPerUnit, HalfLife: 2 * time.Minute, Sample: 10 * time.Second,
 	High: 1.25, Low: 1.10, MaxMoves: 8, Cooldown: 10 * time.Minute, Pause: 5 * time.Minute, MinMean: 1}
 
 // check says what is wrong with the settings, if anything.
@@ -62,7 +62,7 @@ func (s loadSettings) check() error {
 
 // score is one proxy's measurement of a bucket as one number.
 func (s loadSettings) score(l schema.BucketLoad) float64 {
-	return l.Requests + s.WSWeight*l.WebSockets + (l.BytesIn+l.BytesOut)/s.BytesPerUnit
+	return l.Score(s.WSWeight, s.BytesPerUnit)
 }
 
 // loadTracker keeps the smoothed load score of every bucket, from the

@@ -56,6 +56,22 @@ type BucketLoad struct {
 	WebSockets float64 `json:"websockets"`
 }
 
+// The load score's default weights: what one open WebSocket weighs, in
+// requests per second, and how many bytes per second (in and out) weigh
+// as much as one request per second. The monitor's -load-ws-weight and
+// -load-bytes-per-unit change them for its planning; the status page
+// shows scores with these defaults.
+const (
+	DefaultLoadWSWeight     = 1
+	DefaultLoadBytesPerUnit = 64 << 10
+)
+
+// Score is the measurement as one number: requests/s + wsWeight × open
+// WebSockets + (bytes in + out)/s ÷ bytesPerUnit.
+func (b BucketLoad) Score(wsWeight, bytesPerUnit float64) float64 {
+	return b.Requests + wsWeight*b.WebSockets + (b.BytesIn+b.BytesOut)/bytesPerUnit
+}
+
 // Zero reports whether nothing was measured.
 func (b BucketLoad) Zero() bool { return b == BucketLoad{} }
 
