@@ -317,7 +317,11 @@ func setPlaceholders(r *http.Request, bucketName, node, reason string) {
 func setRoutePlaceholders(r *http.Request, b any, rt *route) {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	repl.Set(placeholderBucket, b)
-	repl.Set(placeholderNode, rt.nodeIDVal)
+	if rt.nodeIDVal != nil {
+		repl.Set(placeholderNode, rt.nodeIDVal)
+	} else {
+		repl.Set(placeholderNode, rt.nodeID) // a route not made by nodeRoute
+	}
 	repl.Set(placeholderReason, "")
 }
 
