@@ -716,7 +716,8 @@ func runWrk(wrkBin, script, u string, d time.Duration, conns, threads int) (wrkR
 	return r, nil
 }
 
-// median takes the median of each figure on its own.
+// median takes the median of each figure on its own (of an even number of
+// rounds, the mean of the middle two).
 func median(rs []wrkResult) wrkResult {
 	if len(rs) == 0 {
 		return wrkResult{}
@@ -727,6 +728,9 @@ func median(rs []wrkResult) wrkResult {
 			v[i] = f(r)
 		}
 		sort.Float64s(v)
+		if len(v)%2 == 0 { // an even number of rounds: the mean of the middle two
+			return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
 		return v[len(v)/2]
 	}
 	return wrkResult{
