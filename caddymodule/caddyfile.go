@@ -48,6 +48,20 @@ func init() {
 // The list subdirectives (etcd, uuid_path_prefix, uuid_query) may be
 // repeated; their lines add up, as reverse_proxy's to lines do. Any other
 // subdirective of ours given twice is an error.
+//
+// Without a transport subdirective, reverse_proxy gets the directive's own
+// http transport, sized for a cluster's internal traffic
+// (transport_defaults.go), which differs from Caddy's default in one value:
+//
+//	keepalive_idle_conns_per_host 1024   (Caddy: 32)
+//	keepalive_idle_conns          0      (no limit in all; as Caddy)
+//	keepalive                     2m     (as Caddy)
+//	keepalive_interval            30s    (as Caddy)
+//	dial_timeout                  3s     (as Caddy)
+//
+// It is set when the handler is provisioned, not in the adapted JSON. A
+// transport block replaces it as a whole: its unset fields take Caddy's
+// defaults, as in reverse_proxy.
 func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
 	if !h.Next() { // the directive name
 		return nil, h.ArgErr()

@@ -291,7 +291,7 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 				msg: "no registered node owns buckets in the current assignment"})
 		}
 		rt := t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
-		setPlaceholders(r, "", rt.nodeID, "")
+		setRoutePlaceholders(r, "", rt)
 		rt.requests.Inc()
 		r.Header[HeaderVersion] = []string{t.versionStr}
 		r.URL.Path, r.URL.RawPath = path, rawPath
@@ -320,6 +320,30 @@ func setPlaceholders(r *http.Request, bucketName, node, reason string) {
 	repl.Set(placeholderNode, node)
 	repl.Set(placeholderReason, reason)
 }
+
+// setRoutePlaceholders is setPlaceholders for a request sent by rt (no
+// reason), with values converted to interfaces once (bucketNameVals, the
+// route's nodeIDVal), so that the request path allocates nothing for them
+// (issue 10: two allocations a request). b is "" for a request that names
+// no base.
+func setRoutePlaceholders(r *http.Request, b any, rt *route) {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set(placeholderBucket, b)
+	if rt.nodeIDVal != nil {
+		repl.Set(placeholderNode, rt.nodeIDVal)
+	} else {
+		repl.Set(placeholderNode, rt.nodeID) // a route not made by nodeRoute
+	}
+	repl.Set(placeholderReason, "")
+}
+
+// bucketNameVals are the buckets' names as placeholder values.
+var bucketNameVals = func() (v [bucket.Count]any) {
+	for b := range v {
+		v[b] = bucket.Bucket(b).String()
+	}
+	return v
+}()
 
 // routingError is why a request cannot be routed.
 type routingError struct {

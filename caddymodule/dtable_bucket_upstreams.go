@@ -30,6 +30,12 @@ func (DtableBucketUpstreams) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
+// Provision gives the reverse_proxy handler the directive's default
+// transport when its config names none (transport_defaults.go).
+func (*DtableBucketUpstreams) Provision(ctx caddy.Context) error {
+	return provisionTransportDefaults(ctx)
+}
+
 var errNoRoute = errors.New("dtable_bucket upstreams: no route chosen for this request; " +
 	"the dtable_bucket handler must run before reverse_proxy (the dtable_bucket_proxy directive sets this up)")
 

@@ -90,7 +90,8 @@ func setup(t *testing.T) *env { return setupWith(t, extraConfig{}) }
 // setupWith is setup with more Caddyfile.
 func setupWith(t *testing.T, extra extraConfig) *env {
 	portsOnce.Do(func() {
-		adminPort, proxyPort, siteAdminPort, httpPort, httpsPort = testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t), testutil.FreePort(t)
+		p := testutil.FreePorts(t, 5) // distinct (separate FreePort calls may repeat a port)
+		adminPort, proxyPort, siteAdminPort, httpPort, httpsPort = p[0], p[1], p[2], p[3], p[4]
 	})
 	watchProgressInterval = 200 * time.Millisecond
 	e := &env{t: t, etcd: etcdtest.Start(t), backends: map[string]*backend{}, extra: extra}

@@ -124,16 +124,21 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 			return br.fail(w, r, &routingError{status: http.StatusServiceUnavailable, bucket: bucketName, node: rt.nodeID,
 				reason: rt.reason, msg: rt.describe(t.version)})
 		}
-		setPlaceholders(r, bucketName, rt.nodeID, "")
+		setRoutePlaceholders(r, bucketNameVals[b], rt)
 		rt.requests.Inc()
-		// The names are canonical: set directly, as Header.Set would.
-		r.Header[HeaderBucket] = []string{bucketName}
+		// The names are canonical: set directly, as Header.Set would. The
+		// values live in br (one slice each, capacity 1, so an append
+		// copies), not in three allocations a request.
+		br.hdr[0] = bucketName
+		r.Header[HeaderBucket] = br.hdr[0:1:1]
 		if rt.epochStr != "" {
-			r.Header[HeaderBucketEpoch] = []string{rt.epochStr}
+			br.hdr[1] = rt.epochStr
+			r.Header[HeaderBucketEpoch] = br.hdr[1:2:2]
 		} else {
 			delete(r.Header, HeaderBucketEpoch) // not recorded: the server checks no epoch
 		}
-		r.Header[HeaderVersion] = []string{t.versionStr}
+		br.hdr[2] = t.versionStr
+		r.Header[HeaderVersion] = br.hdr[2:3:3]
 		r.URL.Path, r.URL.RawPath = path, rawPath
 		applyPathPrefix(r, rt.pathPrefix)
 		br.choice.route = rt
@@ -206,6 +211,10 @@ type bucketRequest struct {
 	bodyStore replayBody
 	choice    upstreamChoice // the current attempt's, for the upstream source
 	reroutes  int            // attempts aborted because the route changed
+	// hdr holds the fencing headers' values (bucket, epoch, version) of
+	// the current attempt. reverse_proxy sends a clone of the request's
+	// headers, so rewriting them for the next attempt changes nothing sent.
+	hdr [3]string
 
 	// The hold window: set when the request first waits.
 	deadline time.Time

@@ -25,6 +25,7 @@ type route struct {
 	reason string // for 503 bodies and the routing_errors metric
 
 	nodeID     string
+	nodeIDVal  any    // nodeID as a placeholder value, converted once per table (setRoutePlaceholders)
 	dial       string // host:port of local_node_url
 	scheme     string // "http" or "https"
 	pathPrefix string // local_node_url's path without the trailing "/"; "" for "/"
@@ -167,7 +168,7 @@ func (t *routeTable) carryChannels(prev *routeTable) {
 
 // nodeRoute splits a node's local_node_url into what the proxy needs.
 func nodeRoute(n schema.Node) route {
-	r := route{nodeID: n.NodeID, requests: requestsTotal.WithLabelValues(n.NodeID)}
+	r := route{nodeID: n.NodeID, nodeIDVal: n.NodeID, requests: requestsTotal.WithLabelValues(n.NodeID)}
 	u, err := url.Parse(n.LocalNodeURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 		r.reason = reasonBadNodeURL

@@ -35,3 +35,15 @@ func FreePort(tb testing.TB) int {
 	}
 	return ports[0]
 }
+
+// FreePorts returns n distinct free TCP ports on 127.0.0.1. Several calls
+// of FreePort may return one port twice (each closes its port before the
+// next call takes one).
+func FreePorts(tb testing.TB, n int) []int {
+	tb.Helper()
+	ports, err := freeport.Take(n)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return ports
+}

@@ -8,12 +8,27 @@
 // embedded etcd, three fast backends on 127.0.0.1 that count the
 // connections they accept, and then, for the same backends, these variants:
 //
-//	direct                 wrk straight to the first backend
-//	nginx keepalive        nginx, worker_processes 1, upstream keepalive 128
-//	Go ReverseProxy        net/http/httputil, MaxIdleConnsPerHost 128
-//	Caddy defaults         reverse_proxy with its default transport
-//	Caddy tuned            reverse_proxy, keepalive_idle_conns_per_host 128
-//	dtable_bucket_proxy    as shipped, with its defaults
+//	direct                         wrk straight to the first backend
+//	nginx keepalive                nginx, worker_processes 1, upstream keepalive 128
+//	Go ReverseProxy                net/http/httputil, MaxIdleConnsPerHost 128
+//	Caddy defaults                 reverse_proxy with Caddy's default transport
+//	Caddy, directive's transport   reverse_proxy with the transport dtable_bucket_proxy
+//	                               ships (keepalive_idle_conns_per_host 1024)
+//	dtable_bucket_proxy defaults   as shipped: its own transport
+//	dtable_bucket_proxy, Caddy's   with an empty transport http block, i.e.
+//	transport                      Caddy's default transport
+//
+// Each dtable_bucket_proxy row has a plain Caddy row with the same
+// transport, so the table shows both "× Caddy defaults" and "× Caddy with
+// the same transport", and then, per connection count, whether each
+// target of issue 10 item 2 is met (req/s ratios and p99, with the spread
+// of the per-round ratios as the noise to read them against).
+//
+// With -pprof DIR, the first round also saves a CPU profile of each Caddy
+// variant (from Caddy's admin endpoint, /debug/pprof/profile) and of the
+// Go proxy (this process, backends included) during its run, as
+// DIR/<variant>-c<conns>.pprof; compare them with
+// go tool pprof -top -diff_base A.pprof B.pprof.
 //
 // The proxies without bucket routing round-robin over the three backends;
 // dtable_bucket_proxy routes by the assignment in etcd, which spreads the
@@ -41,6 +56,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -63,6 +79,7 @@ func main() {
 	rounds := flag.Int("rounds", 3, "rounds; each runs every variant once per connection count")
 	conns := flag.String("connections", "50,512", "wrk connection counts, comma-separated")
 	threads := flag.Int("threads", 1, "wrk threads (wrk has one core of its own)")
+	pprofDir := flag.String("pprof", "", "if set, save CPU profiles of the first round's runs of the proxies here")
 	flag.Parse()
 	pinNote := pinSelf()
 	var cs []int
@@ -74,7 +91,7 @@ func main() {
 		}
 		cs = append(cs, c)
 	}
-	if err := run(*caddyBin, *duration, *rounds, cs, *threads, pinNote); err != nil {
+	if err := run(*caddyBin, *duration, *rounds, cs, *threads, pinNote, *pprofDir); err != nil {
 		fmt.Fprintf(os.Stderr, "proxy-benchmark: %v\n", err)
 		os.Exit(1)
 	}
@@ -149,9 +166,14 @@ func (b *backend) resetConns() {
 type variant struct {
 	name, url string
 	skip      string // why it is not measured, or ""
+	// profile: where -pprof fetches its CPU profile ("caddy": Caddy's
+	// admin endpoint; "self": this process); "" for none.
+	profile string
+	slug    string // its profile's file name
 }
 
-func run(caddyBin string, duration time.Duration, rounds int, conns []int, threads int, pinNote string) error {
+func run(caddyBin string, duration time.Duration, rounds int, conns []int, threads int, pinNote, pprofDir string) error {
+	began := time.Now()
 	wrkBin, err := exec.LookPath("wrk")
 	if err != nil {
 		return fmt.Errorf("wrk not found: apt-get install wrk")
@@ -226,7 +248,8 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 	}
 	go http.Serve(gl, goProxy)
 
-	// Caddy: dtable_bucket_proxy (defaults), reverse_proxy (defaults), reverse_proxy (tuned).
+	// Caddy: dtable_bucket_proxy (its defaults; Caddy's transport),
+	// reverse_proxy (Caddy's defaults; the directive's transport).
 	ups := backends[0].addr + " " + backends[1].addr + " " + backends[2].addr
 	caddyfile := filepath.Join(dir, "Caddyfile")
 	os.WriteFile(caddyfile, []byte(fmt.Sprintf(`{
@@ -238,23 +261,29 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 }
 :7101 {
 	dtable_bucket_proxy {
-		etcd %s
+		etcd %[1]s
+	}
+}
+:7105 {
+	dtable_bucket_proxy {
+		etcd %[1]s
+		transport http
 	}
 }
 :7102 {
-	reverse_proxy %s {
+	reverse_proxy %[2]s {
 		lb_policy round_robin
 	}
 }
 :7104 {
-	reverse_proxy %s {
+	reverse_proxy %[2]s {
 		lb_policy round_robin
 		transport http {
-			keepalive_idle_conns_per_host 128
+			keepalive_idle_conns_per_host %[3]d
 		}
 	}
 }
-`, etcdURL, ups, ups)), 0o644)
+`, etcdURL, ups, directiveIdleConnsPerHost)), 0o644)
 	caddy := exec.Command(caddyBin, "run", "--config", caddyfile)
 	caddy.Stdout, caddy.Stderr = nil, os.Stderr
 	if err := caddy.Start(); err != nil {
@@ -283,12 +312,28 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 	variants := []variant{
 		{name: "direct (one backend)", url: "http://" + backends[0].addr},
 		{name: "nginx keepalive 128", url: "http://127.0.0.1:7110", skip: nginxSkip},
-		{name: "Go httputil.ReverseProxy", url: "http://127.0.0.1:7111"},
-		{name: "Caddy reverse_proxy defaults", url: "http://127.0.0.1:7102"},
-		{name: "Caddy reverse_proxy tuned", url: "http://127.0.0.1:7104"},
-		{name: "dtable_bucket_proxy defaults", url: "http://127.0.0.1:7101"},
+		{name: "Go httputil.ReverseProxy", url: "http://127.0.0.1:7111", profile: "self", slug: "go-reverseproxy"},
+		{name: "Caddy reverse_proxy defaults", url: "http://127.0.0.1:7102", profile: "caddy", slug: "caddy-defaults"},
+		{name: "Caddy reverse_proxy, directive's transport", url: "http://127.0.0.1:7104", profile: "caddy", slug: "caddy-directive-transport"},
+		{name: "dtable_bucket_proxy defaults", url: "http://127.0.0.1:7101", profile: "caddy", slug: "dtable-defaults"},
+		{name: "dtable_bucket_proxy, Caddy's transport", url: "http://127.0.0.1:7105", profile: "caddy", slug: "dtable-caddy-transport"},
 	}
-	const caddyDefault, nginxIdx = 3, 1
+	const (
+		nginxIdx        = 1
+		caddyDefault    = 3 // plain Caddy on Caddy's defaults
+		caddyDirective  = 4 // plain Caddy with the directive's transport
+		dtableDefaults  = 5 // dtable_bucket_proxy as shipped
+		dtableCaddyTr   = 6 // dtable_bucket_proxy with Caddy's default transport
+		targetOverCaddy = 1.3
+	)
+	// sameTransport: the plain Caddy variant with the same transport as a
+	// dtable_bucket_proxy variant.
+	sameTransport := map[int]int{dtableDefaults: caddyDirective, dtableCaddyTr: caddyDefault}
+	if pprofDir != "" {
+		if err := os.MkdirAll(pprofDir, 0o755); err != nil {
+			return err
+		}
+	}
 	for _, v := range variants { // wait until each answers 200
 		if v.skip != "" {
 			continue
@@ -316,7 +361,35 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 					b.resetConns()
 				}
 				time.Sleep(200 * time.Millisecond)
+				var profDone chan error
+				if pprofDir != "" && r == 0 && v.profile != "" {
+					profDone = make(chan error, 1)
+					file := filepath.Join(pprofDir, fmt.Sprintf("%s-c%d.pprof", v.slug, c))
+					go func() { profDone <- takeProfile(v.profile, file, duration) }()
+				}
+				var allocsFile string
+				if profDone != nil && v.profile == "caddy" {
+					// Heap allocation totals before and after the run (after a GC,
+					// so the profile is up to date): their
+					// difference over the run's requests is what each request
+					// allocates (go tool pprof -sample_index=alloc_objects -top
+					// -diff_base X.allocs-before X.allocs-after).
+					allocsFile = filepath.Join(pprofDir, fmt.Sprintf("%s-c%d.allocs", v.slug, c))
+					if err := saveURL(caddyPprof+"heap?gc=1", allocsFile+"-before"); err != nil {
+						fmt.Fprintf(os.Stderr, "proxy-benchmark: allocs of %s: %v\n", v.name, err)
+					}
+				}
 				res, err := runWrk(wrkBin, script, v.url, duration, c, threads)
+				if allocsFile != "" {
+					if err := saveURL(caddyPprof+"heap?gc=1", allocsFile+"-after"); err != nil {
+						fmt.Fprintf(os.Stderr, "proxy-benchmark: allocs of %s: %v\n", v.name, err)
+					}
+				}
+				if profDone != nil {
+					if perr := <-profDone; perr != nil {
+						fmt.Fprintf(os.Stderr, "proxy-benchmark: profile of %s: %v\n", v.name, perr)
+					}
+				}
 				if err != nil {
 					return fmt.Errorf("%s: %w", v.name, err)
 				}
@@ -324,8 +397,8 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 					res.upstream += b.opened.Load()
 				}
 				results[key{i, c}] = append(results[key{i, c}], res)
-				fmt.Printf("round %d  c=%-4d %-30s %9.0f req/s  p99 %-9v upstream conns %d%s\n",
-					r+1, c, v.name, res.rps, res.p99, res.upstream, res.errNote())
+				fmt.Printf("round %d  c=%-4d %-42s %9.0f req/s  p99 %-9v upstream conns %-5d requests %d%s\n",
+					r+1, c, v.name, res.rps, res.p99, res.upstream, res.requests, res.errNote())
 			}
 		}
 	}
@@ -340,16 +413,17 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 	}
 	fmt.Printf("\n%s, %d cores (%s), Go %s, Caddy %s, nginx %s, wrk %s\n",
 		time.Now().UTC().Format("2006-01-02"), machineCPUs(), pinNote, strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, nginxVersion, wrkVersion)
-	fmt.Printf("wrk -t%d, %v per run, %d interleaved rounds, medians; requests spread over all 256 buckets, 3 backends\n", threads, duration, rounds)
+	fmt.Printf("wrk -t%d, %v per run, %d interleaved rounds, medians; requests spread over all 256 buckets, 3 backends; the whole run took %v\n",
+		threads, duration, rounds, time.Since(began).Round(time.Second))
 	fmt.Printf("reproduce: ./xcaddy.sh && go run ./tools/proxy-benchmark %s\n\n", strings.Join(os.Args[1:], " "))
-	fmt.Println("| variant | conns | req/s | p50 | p99 | p99.9 | upstream conns opened | × Caddy defaults | × nginx |")
-	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Println("| variant | conns | req/s | p50 | p99 | p99.9 | upstream conns opened | × Caddy defaults | × Caddy, same transport | × nginx |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, c := range conns {
 		base := median(results[key{caddyDefault, c}])
 		ng := median(results[key{nginxIdx, c}])
 		for i, v := range variants {
 			if v.skip != "" {
-				fmt.Printf("| %s | %d | %s | | | | | | |\n", v.name, c, v.skip)
+				fmt.Printf("| %s | %d | %s | | | | | | | |\n", v.name, c, v.skip)
 				continue
 			}
 			m := median(results[key{i, c}])
@@ -359,9 +433,52 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 				}
 				return fmt.Sprintf("%.2f", m.rps/b.rps)
 			}
-			fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %d | %s | %s |\n",
-				v.name, c, m.rps, fmtDur(m.p50), fmtDur(m.p99), fmtDur(m.p999), m.upstream, ratio(base), ratio(ng))
+			same := ""
+			if j, ok := sameTransport[i]; ok {
+				same = ratio(median(results[key{j, c}]))
+			}
+			fmt.Printf("| %s | %d | %.0f | %s | %s | %s | %d | %s | %s | %s |\n",
+				v.name, c, m.rps, fmtDur(m.p50), fmtDur(m.p99), fmtDur(m.p999), m.upstream, ratio(base), same, ratio(ng))
 		}
+	}
+
+	// The targets of issue 10 item 2, per connection count.
+	fmt.Println("\nTargets (issue 10 item 2); \"per-round\" is the range of the ratio of the two variants' runs in each round, the noise to read the median against:")
+	for _, c := range conns {
+		cmpPair := func(a, b int) (rps, p99 float64, spread string) {
+			ma, mb := median(results[key{a, c}]), median(results[key{b, c}])
+			if mb.rps == 0 || mb.p99 == 0 {
+				return 0, 0, "–"
+			}
+			ra, rb := results[key{a, c}], results[key{b, c}]
+			lo, hi := 0.0, 0.0
+			for k := 0; k < len(ra) && k < len(rb); k++ {
+				x := ra[k].rps / rb[k].rps
+				if k == 0 || x < lo {
+					lo = x
+				}
+				if k == 0 || x > hi {
+					hi = x
+				}
+			}
+			return ma.rps / mb.rps, float64(ma.p99) / float64(mb.p99), fmt.Sprintf("%.2f–%.2f", lo, hi)
+		}
+		metStr := func(ok bool) string {
+			if ok {
+				return "met"
+			}
+			return "NOT met"
+		}
+		for _, pair := range [][2]int{{dtableDefaults, caddyDirective}, {dtableCaddyTr, caddyDefault}} {
+			rps, p99, spread := cmpPair(pair[0], pair[1])
+			fmt.Printf("- c=%d, ≥ 1.0 × plain Caddy with equal transport, p99 no worse: %s vs %s: %.2f × req/s (per-round %s), p99 %s vs %s (%.2f ×): %s\n",
+				c, variants[pair[0]].name, variants[pair[1]].name, rps, spread,
+				fmtDur(median(results[key{pair[0], c}]).p99), fmtDur(median(results[key{pair[1], c}]).p99), p99,
+				metStr(rps >= 1.0 && p99 <= 1.0))
+		}
+		rps, _, spread := cmpPair(dtableDefaults, caddyDefault)
+		fmt.Printf("- c=%d, ≥ %.1f × plain Caddy on Caddy's defaults: %s vs %s: %.2f × req/s (per-round %s): %s\n",
+			c, targetOverCaddy, variants[dtableDefaults].name, variants[caddyDefault].name, rps, spread, metStr(rps >= targetOverCaddy))
 	}
 	var errs []string
 	for k, rs := range results {
@@ -379,6 +496,59 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 		fmt.Println("note: not pinned:", pinNote)
 	}
 	return nil
+}
+
+// directiveIdleConnsPerHost is keepalive_idle_conns_per_host of the
+// transport dtable_bucket_proxy ships (caddymodule/transport_defaults.go);
+// the plain Caddy variant with "the directive's transport" sets it, and the
+// rest of that transport is Caddy's defaults.
+const directiveIdleConnsPerHost = 1024
+
+// takeProfile saves a CPU profile of a little less than d, taken from
+// Caddy's admin endpoint (where "caddy") or from this process ("self").
+func takeProfile(where, file string, d time.Duration) error {
+	secs := max(1, int((d-2*time.Second)/time.Second))
+	time.Sleep(time.Second) // let wrk's connections open
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if where == "self" {
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		time.Sleep(time.Duration(secs) * time.Second)
+		pprof.StopCPUProfile()
+		return nil
+	}
+	return saveTo(fmt.Sprintf("%sprofile?seconds=%d", caddyPprof, secs), f)
+}
+
+// caddyPprof is Caddy's pprof endpoint (its admin address is set in the
+// benchmark's Caddyfile).
+const caddyPprof = "http://localhost:7103/debug/pprof/"
+
+func saveURL(u, file string) error {
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return saveTo(u, f)
+}
+
+func saveTo(u string, w io.Writer) error {
+	resp, err := http.Get(u)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", u, resp.Status)
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
 }
 
 func startNginx(bin, dir string, backends []*backend) (func(), error) {
@@ -501,6 +671,7 @@ type wrkResult struct {
 	p50, p99, p999   time.Duration
 	status, sockErrs int64
 	upstream         int64
+	requests         int64 // answered in the run
 }
 
 func (r wrkResult) errNote() string {
@@ -541,10 +712,12 @@ func runWrk(wrkBin, script, u string, d time.Duration, conns, threads int) (wrkR
 	r.rps, _ = strconv.ParseFloat(string(m[1]), 64)
 	r.p50, r.p99, r.p999 = time.Duration(n(2))*time.Microsecond, time.Duration(n(3))*time.Microsecond, time.Duration(n(4))*time.Microsecond
 	r.status, r.sockErrs = n(5), n(6)
+	r.requests = n(1)
 	return r, nil
 }
 
-// median takes the median of each figure on its own.
+// median takes the median of each figure on its own (of an even number of
+// rounds, the mean of the middle two).
 func median(rs []wrkResult) wrkResult {
 	if len(rs) == 0 {
 		return wrkResult{}
@@ -555,6 +728,9 @@ func median(rs []wrkResult) wrkResult {
 			v[i] = f(r)
 		}
 		sort.Float64s(v)
+		if len(v)%2 == 0 { // an even number of rounds: the mean of the middle two
+			return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		}
 		return v[len(v)/2]
 	}
 	return wrkResult{
