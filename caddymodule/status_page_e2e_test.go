@@ -224,9 +224,9 @@ func TestStatusPageShellAndEvents(t *testing.T) {
 		t.Fatalf("bucket 07 load %v; want 5", l)
 	}
 	for _, n := range st.Nodes {
-		want := map[string]float64{"n1": 0.8, "n2": 0.2, "n3": 0}[n.NodeID]
+		want := map[string]float64{"n1": 40.0 / 45, "n2": 5.0 / 45, "n3": 0}[n.NodeID]
 		if n.LoadShare == nil || math.Abs(*n.LoadShare-want) > 1e-9 {
-			t.Fatalf("node %s load share %v; want %v", n.NodeID, n.LoadShare, want)
+			t.Fatalf("node %s load share %v; want %v", n.NodeID, deref(n.LoadShare), want)
 		}
 	}
 
@@ -295,4 +295,11 @@ func TestStatusEventsSlowViewerBlocksNobody(t *testing.T) {
 	}
 	took := testutil.Eventually(t, 5*time.Second, "the slow viewer dropped", func() bool { return fw.live.viewerCount() == 1 })
 	t.Logf("the slow viewer dropped %v later", took.Round(time.Millisecond))
+}
+
+func deref(f *float64) any {
+	if f == nil {
+		return nil
+	}
+	return *f
 }
