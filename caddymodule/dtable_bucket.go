@@ -69,6 +69,7 @@ type DtableBucket struct {
 	// Requests waiting now, per bucket and in all (see takeHoldSlot).
 	heldInBucket [bucket.Count]atomic.Int64
 	heldTotal    atomic.Int64
+	streams      streamDefaults // WebSocket memory (stream_defaults.go)
 	followerRef
 	log *zap.Logger
 }
@@ -116,6 +117,7 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 	if h.MaxHeld == 0 {
 		h.MaxHeld = defaultMaxHeld
 	}
+	h.provisionStreams()
 	return h.join(ctx, h.EtcdConfig)
 }
 

@@ -80,6 +80,7 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 		defer cancel()
 		r = r.WithContext(ctx)
 		cancelStream = cancel
+		w = h.streamWriter(w, r) // idle streams hold small buffers (stream_defaults.go)
 	}
 	br := &bucketRequest{h: h, b: b}
 	br.rw.w = w
