@@ -193,12 +193,13 @@ func run(ctx context.Context, o *options) ([]row, error) {
 
 // Ports on 127.0.0.1: the proxies' listeners and Caddy admin endpoints.
 const (
-	portDtable   = 7301
-	portRP       = 7302
-	portRP4K     = 7303
-	portNginx    = 7304
-	portFailover = 7305
-	adminBase    = 7311 // + variant index
+	portDtable          = 7301
+	portRP              = 7302
+	portRP4K            = 7303
+	portNginx           = 7304
+	portFailover        = 7305
+	portDtableCaddyCopy = 7306
+	adminBase           = 7311 // + variant index
 )
 
 // runProxyParts runs the memory, move and propagation parts against four
@@ -226,14 +227,19 @@ func runProxyParts(ctx context.Context, o *options, dir string, cli *clientv3.Cl
 		name, site string
 		port       int
 		level      string
+		env        []string
+	}
+	dtableSite := func(port int) string {
+		return fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tdtable_bucket_proxy {\n\t\tetcd %s\n\t}\n}\n", port, etcdURL)
 	}
 	rp := func(port int, extra string) string {
 		return fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\treverse_proxy %s {\n\t\tlb_policy round_robin\n%s\t}\n}\n", port, strings.Join(ups, " "), extra)
 	}
 	variants := []variant{
-		{"dtable_bucket_proxy defaults", fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tdtable_bucket_proxy {\n\t\tetcd %s\n\t}\n}\n", portDtable, etcdURL), portDtable, "INFO"},
-		{"reverse_proxy defaults", rp(portRP, ""), portRP, "ERROR"},
-		{"reverse_proxy stream_buffer_size 4KiB", rp(portRP4K, "\t\tstream_buffer_size 4KiB\n"), portRP4K, "ERROR"},
+		{"dtable_bucket_proxy defaults", dtableSite(portDtable), portDtable, "INFO", nil},
+		{"dtable_bucket_proxy, reverse_proxy's own copy (DTABLE_STREAM_COPY=caddy)", dtableSite(portDtableCaddyCopy), portDtableCaddyCopy, "ERROR", []string{"DTABLE_STREAM_COPY=caddy"}},
+		{"reverse_proxy defaults", rp(portRP, ""), portRP, "ERROR", nil},
+		{"reverse_proxy stream_buffer_size 4KiB", rp(portRP4K, "\t\tstream_buffer_size 4KiB\n"), portRP4K, "ERROR", nil},
 	}
 	if !o.parts["memory"] {
 		variants = variants[:1]
@@ -243,7 +249,7 @@ func runProxyParts(ctx context.Context, o *options, dir string, cli *clientv3.Cl
 			return rows, ctx.Err()
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", v.port)
-		p, err := startCaddy(o.caddyBin, dir, fmt.Sprintf("caddy-%d", i), fmt.Sprintf("127.0.0.1:%d", adminBase+i), addr, v.level, v.site)
+		p, err := startCaddy(o.caddyBin, dir, fmt.Sprintf("caddy-%d", i), fmt.Sprintf("127.0.0.1:%d", adminBase+i), addr, v.level, v.site, v.env)
 		if err != nil {
 			return rows, err
 		}

@@ -127,7 +127,7 @@ func (p *proxyProc) waitTable(v int64, timeout time.Duration) (time.Time, bool) 
 // startCaddy runs bin with a Caddyfile whose global options block sets the
 // admin address; body is the sites. Its log (JSON) goes to a file in dir,
 // and the "routing table updated" lines are noted.
-func startCaddy(bin, dir, name, admin, addr, logLevel, body string) (*proxyProc, error) {
+func startCaddy(bin, dir, name, admin, addr, logLevel, body string, env []string) (*proxyProc, error) {
 	cf := filepath.Join(dir, name+".Caddyfile")
 	conf := fmt.Sprintf(`{
 	admin %s
@@ -148,6 +148,7 @@ func startCaddy(bin, dir, name, admin, addr, logLevel, body string) (*proxyProc,
 		return nil, err
 	}
 	cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
