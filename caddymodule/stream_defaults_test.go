@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // chunkReader returns the data in reads of the given sizes (then EOF).
@@ -157,7 +159,8 @@ func TestStreamWriterHijack(t *testing.T) {
 	h.provisionStreams()
 	got := make(chan net.Conn, 1)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(h.streamWriter(w, r)).Hijack()
+		sw, _ := h.streamWriter(w, r, func() {})
+		conn, brw, err := http.NewResponseController(sw).Hijack()
 		if err != nil {
 			t.Error(err)
 			return
@@ -187,13 +190,61 @@ func TestStreamWriterHijack(t *testing.T) {
 	r2 := httptest.NewRequest("GET", "/", nil)
 	r2.ProtoMajor = 2
 	w := httptest.NewRecorder()
-	if h.streamWriter(w, r2) != http.ResponseWriter(w) {
+	if sw, _ := h.streamWriter(w, r2, func() {}); sw != http.ResponseWriter(w) {
 		t.Error("an HTTP/2 request's writer was wrapped")
 	}
 	t.Setenv(streamCopyEnv, "caddy")
 	h.provisionStreams()
 	r1 := httptest.NewRequest("GET", "/", nil)
-	if h.streamWriter(w, r1) != http.ResponseWriter(w) {
+	if sw, _ := h.streamWriter(w, r1, func() {}); sw != http.ResponseWriter(w) {
 		t.Error("wrapped with DTABLE_STREAM_COPY=caddy")
+	}
+}
+
+// TestStreamCancelClosesTheClientAtOnce checks that the stream's cancel
+// function cancels the request and closes the hijacked connection (the
+// client sees the end without the handler doing anything), and that a
+// connection hijacked after the cancel is closed at once.
+func TestStreamCancelClosesTheClientAtOnce(t *testing.T) {
+	var h DtableBucket
+	h.provisionStreams()
+	for _, cancelFirst := range []bool{false, true} {
+		cancelled := make(chan struct{})
+		release := make(chan struct{})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			sw, cancel := h.streamWriter(w, r, func() { close(cancelled) })
+			if cancelFirst {
+				cancel()
+			}
+			conn, brw, err := http.NewResponseController(sw).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+			brw.Flush()
+			if !cancelFirst {
+				cancel()
+			}
+			<-release // the handler holds on; only the cancel closes the connection
+			conn.Close()
+		}))
+		c, err := net.Dial("tcp", srv.Listener.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n"))
+		br := bufio.NewReader(c)
+		if resp, err := http.ReadResponse(br, nil); err == nil && resp.StatusCode != 101 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := br.ReadByte(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("cancel first %v: the connection was not closed: %v", cancelFirst, err)
+		}
+		<-cancelled
+		close(release)
+		c.Close()
+		srv.Close()
 	}
 }

@@ -71,6 +71,7 @@ type options struct {
 	parts       map[string]bool
 	profileDir  string
 	streamNote  string
+	pinNote     string
 	nofileLimit uint64
 }
 
@@ -89,7 +90,12 @@ func main() {
 	flag.DurationVar(&o.ttl, "ttl", 5*time.Second, "registrar lease TTL in the failover part (a crash is noticed after it)")
 	parts := flag.String("parts", "memory,move,propagation,failover", "parts to run, comma-separated")
 	flag.StringVar(&o.profileDir, "profiles", "", "if set, save Caddy's heap and goroutine profiles (streams open) in this folder")
+	noPin := flag.Bool("no-pin", false, "do not pin the proxy to CPU 0 and this program to CPU 1")
 	flag.Parse()
+	o.pinNote = "not pinned (-no-pin)"
+	if !*noPin {
+		o.pinNote = pinSelf()
+	}
 	o.parts = map[string]bool{}
 	for _, p := range strings.Split(*parts, ",") {
 		switch p = strings.TrimSpace(p); p {
@@ -199,6 +205,7 @@ const (
 	portNginx           = 7304
 	portFailover        = 7305
 	portDtableCaddyCopy = 7306
+	portDtable4K        = 7307
 	adminBase           = 7311 // + variant index
 )
 
@@ -229,15 +236,16 @@ func runProxyParts(ctx context.Context, o *options, dir string, cli *clientv3.Cl
 		level      string
 		env        []string
 	}
-	dtableSite := func(port int) string {
-		return fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tdtable_bucket_proxy {\n\t\tetcd %s\n\t}\n}\n", port, etcdURL)
+	dtableSite := func(port int, extra string) string {
+		return fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\tdtable_bucket_proxy {\n\t\tetcd %s\n%s\t}\n}\n", port, etcdURL, extra)
 	}
 	rp := func(port int, extra string) string {
 		return fmt.Sprintf("http://127.0.0.1:%d {\n\tbind 127.0.0.1\n\treverse_proxy %s {\n\t\tlb_policy round_robin\n%s\t}\n}\n", port, strings.Join(ups, " "), extra)
 	}
 	variants := []variant{
-		{"dtable_bucket_proxy defaults", dtableSite(portDtable), portDtable, "INFO", nil},
-		{"dtable_bucket_proxy, reverse_proxy's own copy (DTABLE_STREAM_COPY=caddy)", dtableSite(portDtableCaddyCopy), portDtableCaddyCopy, "ERROR", []string{"DTABLE_STREAM_COPY=caddy"}},
+		{"dtable_bucket_proxy defaults", dtableSite(portDtable, ""), portDtable, "INFO", nil},
+		{"dtable_bucket_proxy stream_buffer_size 4KiB", dtableSite(portDtable4K, "\t\tstream_buffer_size 4KiB\n"), portDtable4K, "ERROR", nil},
+		{"dtable_bucket_proxy, reverse_proxy's own copy (DTABLE_STREAM_COPY=caddy; the copy before this change)", dtableSite(portDtableCaddyCopy, ""), portDtableCaddyCopy, "ERROR", []string{"DTABLE_STREAM_COPY=caddy"}},
 		{"reverse_proxy defaults", rp(portRP, ""), portRP, "ERROR", nil},
 		{"reverse_proxy stream_buffer_size 4KiB", rp(portRP4K, "\t\tstream_buffer_size 4KiB\n"), portRP4K, "ERROR", nil},
 	}
@@ -318,8 +326,8 @@ func printTable(o *options, rows []row) {
 	if out, err := exec.Command(o.caddyBin, "version").Output(); err == nil {
 		caddyVersion = strings.Fields(string(out) + " ?")[0]
 	}
-	fmt.Printf("\n%s, %d cores, Go %s, Caddy %s, RLIMIT_NOFILE %d\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
-		runtime.NumCPU(), strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, o.nofileLimit)
+	fmt.Printf("\n%s, %d cores (%s), Go %s, Caddy %s, RLIMIT_NOFILE %d\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
+		machineCPUs(), o.pinNote, strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, o.nofileLimit)
 	fmt.Printf("reproduce: ./xcaddy.sh && go run ./tools/ws-benchmark %s\n", strings.Join(os.Args[1:], " "))
 	if o.streamNote != "" {
 		fmt.Println("note:", o.streamNote)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,6 +125,49 @@ func (p *proxyProc) waitTable(v int64, timeout time.Duration) (time.Time, bool) 
 	}
 }
 
+// pinnedEnv is set when this program runs pinned to CPU 1 (pinSelf); the
+// proxies then run on CPU 0 (taskset execs them, so the pid is theirs).
+const pinnedEnv = "WS_BENCHMARK_PINNED"
+
+func proxyCommand(bin string, args ...string) *exec.Cmd {
+	if os.Getenv(pinnedEnv) != "" {
+		return exec.Command("taskset", append([]string{"-c", "0", bin}, args...)...)
+	}
+	return exec.Command(bin, args...)
+}
+
+// pinSelf re-executes this program on CPU 1 with taskset (once), so that
+// the load generator, backends and etcd do not take the proxy's CPU;
+// the proxies run on CPU 0. It returns what was done, for the table.
+func pinSelf() string {
+	if os.Getenv(pinnedEnv) != "" {
+		return "proxy on CPU 0, this program (clients, backends, etcd) on CPU 1 (taskset)"
+	}
+	ts, err := exec.LookPath("taskset")
+	if err != nil {
+		return "not pinned: taskset not found (apt-get install util-linux)"
+	}
+	if runtime.NumCPU() < 2 {
+		return "not pinned: fewer than 2 CPUs"
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "not pinned: " + err.Error()
+	}
+	os.Setenv(pinnedEnv, strconv.Itoa(runtime.NumCPU()))
+	err = syscall.Exec(ts, append([]string{ts, "-c", "1", self}, os.Args[1:]...), os.Environ())
+	os.Unsetenv(pinnedEnv)
+	return "not pinned: exec taskset: " + err.Error()
+}
+
+// machineCPUs is the number of CPUs before pinning.
+func machineCPUs() int {
+	if n, err := strconv.Atoi(os.Getenv(pinnedEnv)); err == nil {
+		return n
+	}
+	return runtime.NumCPU()
+}
+
 // startCaddy runs bin with a Caddyfile whose global options block sets the
 // admin address; body is the sites. Its log (JSON) goes to a file in dir,
 // and the "routing table updated" lines are noted.
@@ -147,7 +191,7 @@ func startCaddy(bin, dir, name, admin, addr, logLevel, body string, env []string
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
+	cmd := proxyCommand(bin, "run", "--config", cf, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -226,7 +270,7 @@ http {
 	}
 }
 `, nd, servers.String(), nofile, addr)), 0o644)
-	cmd := exec.Command(bin, "-p", nd, "-e", filepath.Join(nd, "error.log"), "-c", conf)
+	cmd := proxyCommand(bin, "-p", nd, "-e", filepath.Join(nd, "error.log"), "-c", conf)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
