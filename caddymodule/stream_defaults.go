@@ -61,9 +61,9 @@ func (h *DtableBucket) provisionStreams() {
 
 // streamWriter wraps the client's response writer of an upgrade request,
 // so that reverse_proxy's hijack gets a streamConn, and returns the
-// function to register for the stream (follower.openStream): it cancels
-// the request, as cancel does, and closes the hijacked client connection
-// at once. Cancelling alone ends the stream through three goroutines in
+// function to register for the stream (follower.openStream): it shuts
+// the hijacked client connection down at once and cancels the request,
+// as cancel does. Cancelling alone ends the stream through three goroutines in
 // turn (reverse_proxy's closes the owner's side, a copy fails, the
 // handler returns and closes the client's side): with a whole node's
 // streams closed at once that took tens of milliseconds on a busy
@@ -75,8 +75,8 @@ func (h *DtableBucket) streamWriter(w http.ResponseWriter, r *http.Request, canc
 	}
 	hw := &hijackWriter{ResponseWriter: w}
 	return hw, func() {
+		hw.closeConn() // first: the client sees the end at once
 		cancel()
-		hw.closeConn()
 	}
 }
 
@@ -118,14 +118,27 @@ func (hw *hijackWriter) closeConn() {
 	}
 }
 
-// closeNow closes a connection's socket without waiting: for TLS, the
-// underlying connection, as a close_notify could wait for a blocked write.
-// reverse_proxy's own close of it later does nothing.
+// closeNow ends a connection without waiting: a TCP connection (for TLS,
+// the one underneath, as a close_notify could wait for a blocked write)
+// is shut down both ways, which sends the client its FIN and wakes
+// reverse_proxy's copies at once; the descriptor is closed when
+// reverse_proxy closes the connection. Close itself would wait for the
+// copy blocked in a read to let go of the descriptor, one stream after
+// the other when a whole node's streams close. Any other connection is
+// closed in a goroutine of its own.
 func closeNow(c net.Conn) {
 	if nc, ok := c.(interface{ NetConn() net.Conn }); ok {
 		c = nc.NetConn()
 	}
-	c.Close()
+	if hc, ok := c.(interface {
+		CloseRead() error
+		CloseWrite() error
+	}); ok {
+		hc.CloseWrite()
+		hc.CloseRead()
+		return
+	}
+	go c.Close()
 }
 
 // streamConn is a hijacked client connection whose copies in either

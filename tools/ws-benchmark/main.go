@@ -72,6 +72,7 @@ type options struct {
 	profileDir  string
 	streamNote  string
 	pinNote     string
+	only        string
 	nofileLimit uint64
 }
 
@@ -88,6 +89,7 @@ func main() {
 	flag.IntVar(&o.moves, "moves", 10, "single-bucket moves (each closes that bucket's streams)")
 	flag.IntVar(&o.changes, "changes", 1000, "assignment changes for the propagation part")
 	flag.DurationVar(&o.ttl, "ttl", 5*time.Second, "registrar lease TTL in the failover part (a crash is noticed after it)")
+	flag.StringVar(&o.only, "only", "", "measure only the memory variants whose name contains this (e.g. nginx)")
 	parts := flag.String("parts", "memory,move,propagation,failover", "parts to run, comma-separated")
 	flag.StringVar(&o.profileDir, "profiles", "", "if set, save Caddy's heap and goroutine profiles (streams open) in this folder")
 	noPin := flag.Bool("no-pin", false, "do not pin the proxy to CPU 0 and this program to CPU 1")
@@ -127,7 +129,7 @@ func raiseNofile() uint64 {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return 1024
 	}
-	want := max(rl.Max, 4*20000+1000)
+	want := max(rl.Max, 2*20000*10/9+1000)
 	if rl.Cur < want {
 		// Try beyond the hard limit first (root with CAP_SYS_RESOURCE).
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: want, Max: want}); err != nil {
@@ -140,9 +142,10 @@ func raiseNofile() uint64 {
 }
 
 // streamsFor is how many streams fit under a descriptor limit: the proxy
-// and this process each hold two per stream, plus a margin.
+// and this process each hold two per stream, and a margin of 10 % (nginx
+// reset connections beyond about 94 % of its limit).
 func streamsFor(limit uint64, want int) int {
-	fit := (int(limit) - 512) / 2
+	fit := int(limit) * 9 / 10 / 2
 	if fit >= want {
 		return want
 	}
@@ -256,6 +259,9 @@ func runProxyParts(ctx context.Context, o *options, dir string, cli *clientv3.Cl
 		if ctx.Err() != nil {
 			return rows, ctx.Err()
 		}
+		if o.only != "" && !strings.Contains(v.name, o.only) {
+			continue
+		}
 		addr := fmt.Sprintf("127.0.0.1:%d", v.port)
 		p, err := startCaddy(o.caddyBin, dir, fmt.Sprintf("caddy-%d", i), fmt.Sprintf("127.0.0.1:%d", adminBase+i), addr, v.level, v.site, v.env)
 		if err != nil {
@@ -294,7 +300,7 @@ func runProxyParts(ctx context.Context, o *options, dir string, cli *clientv3.Cl
 			return rows, err
 		}
 	}
-	if o.parts["memory"] {
+	if o.parts["memory"] && (o.only == "" || strings.Contains("nginx", o.only)) {
 		if bin, err := exec.LookPath("nginx"); err != nil {
 			rows = append(rows, row{"WS memory", "nginx", "skipped: not installed (apt-get install nginx)", ""})
 		} else {
@@ -306,6 +312,10 @@ func runProxyParts(ctx context.Context, o *options, dir string, cli *clientv3.Cl
 				clients, r, err := measureMemory(ctx, o, p, "nginx "+nginxVersion(bin)+", 1 worker", false)
 				closeClients(clients)
 				p.stop()
+				if err != nil {
+					log, _ := os.ReadFile(filepath.Join(dir, "nginx", "error.log"))
+					r.result += "; nginx error.log: " + strings.Join(strings.Fields(lastLines(string(log), 3)), " ")
+				}
 				rows = append(rows, r)
 				if err != nil {
 					return rows, err
@@ -402,4 +412,10 @@ func (aw *assignWriter) write(ctx context.Context, change func(*schema.Assignmen
 	}
 	aw.cur = next
 	return next.Version, t0, nil
+}
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -129,7 +129,10 @@ func TestStreamsFor(t *testing.T) {
 	if got := streamsFor(200000, 20000); got != 20000 {
 		t.Errorf("ample limit: %d", got)
 	}
-	if got := streamsFor(20000, 20000); got != 9728 {
-		t.Errorf("20000 limit: %d, want 9728", got)
+	if got := streamsFor(20000, 20000); got != 8960 {
+		t.Errorf("20000 limit: %d, want 8960", got)
+	}
+	if got := streamsFor(45000, 20000); got != 20000 {
+		t.Errorf("45000 limit: %d, want 20000", got)
 	}
 }
