@@ -362,6 +362,7 @@ type assignWriter struct {
 	layout schema.Layout
 	nodes  []string
 	cur    *schema.Assignment
+	acked  time.Time // when etcd acknowledged the last write
 }
 
 // newAssignWriter registers the backends as nodes n1..nk under prefix and
@@ -410,6 +411,7 @@ func (aw *assignWriter) write(ctx context.Context, change func(*schema.Assignmen
 	if _, err := aw.cli.Put(cctx, aw.layout.AssignmentKey(), string(next.Encode())); err != nil {
 		return 0, t0, err
 	}
+	aw.acked = time.Now()
 	aw.cur = next
 	return next.Version, t0, nil
 }

@@ -18,7 +18,7 @@ func runPropagation(ctx context.Context, o *options, p *proxyProc, aw *assignWri
 	}
 	hc := newHTTPClient()
 	defer hc.CloseIdleConnections()
-	var lat []time.Duration
+	var lat, afterAck, put []time.Duration
 	var polls, stale int
 	failed := 0
 	for i := 0; i < o.changes; i++ {
@@ -38,7 +38,10 @@ func runPropagation(ctx context.Context, o *options, p *proxyProc, aw *assignWri
 			status, body, err := httpGet(ctx, hc, u)
 			polls++
 			if err == nil && status == 200 && body == to {
-				lat = append(lat, time.Since(t0))
+				now := time.Now()
+				lat = append(lat, now.Sub(t0))
+				afterAck = append(afterAck, now.Sub(aw.acked))
+				put = append(put, aw.acked.Sub(t0))
 				ok = true
 				break
 			}
@@ -50,7 +53,8 @@ func runPropagation(ctx context.Context, o *options, p *proxyProc, aw *assignWri
 			failed++
 		}
 	}
-	res := fmt.Sprintf("etcd write → first answer from the new owner p50/p99/max %s (%d polls, %d answered by the old owner meanwhile)", summary(lat), polls, stale)
+	res := fmt.Sprintf("etcd write → first answer from the new owner p50/p99/max **%s**; of which the etcd Put itself %s, and from its acknowledgement %s (%d polls, %d answered by the old owner meanwhile)",
+		summary(lat), summary(put), summary(afterAck), polls, stale)
 	if failed > 0 {
 		res += fmt.Sprintf("; %d changes not seen within 5 s", failed)
 	}
