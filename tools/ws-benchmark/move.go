@@ -124,6 +124,15 @@ func runMoves(ctx context.Context, o *options, p *proxyProc, aw *assignWriter, c
 			moved = append(moved, byBucket[b]...)
 		}
 	}
+	var profDone chan struct{}
+	if o.profileDir != "" { // a CPU profile of the proxy across the whole node's move
+		profDone = make(chan struct{})
+		go func() {
+			defer close(profDone)
+			saveProfile(ctx, p.admin, "/debug/pprof/profile?seconds=2", o.profileDir, "cpu-node-move.pb.gz")
+		}()
+		time.Sleep(200 * time.Millisecond)
+	}
 	v, t0, err := aw.write(ctx, func(a *schema.Assignment) {
 		for i, b := range owned {
 			a.Owners[b] = aw.nodes[i%(len(aw.nodes)-1)]
@@ -138,6 +147,9 @@ func runMoves(ctx context.Context, o *options, p *proxyProc, aw *assignWriter, c
 	}
 	fs, fw, open := closeTimes(moved, swap, t0, 10*time.Second)
 	time.Sleep(500 * time.Millisecond) // any wrongly closed stream would show by now
+	if profDone != nil {
+		<-profDone
+	}
 	other := others()
 	rows = append(rows, row{"WS close on a move", fmt.Sprintf("a whole node's %d buckets in one write (%d streams)", len(owned), len(moved)),
 		result(fs, fw, open, other), goal(fw, fs, open, other)})
