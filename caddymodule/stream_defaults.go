@@ -45,8 +45,9 @@ const streamBusyBufSize = 32 << 10
 var streamBufPool = sync.Pool{New: func() any { b := make([]byte, streamBusyBufSize); return &b }}
 
 // streamCopyEnv, set to "caddy", turns the wrapper off (reverse_proxy
-// copies as it does on its own): a switch for measuring the difference
-// (tools/ws-benchmark), not a setting.
+// copies, and ends a moved bucket's streams, as it does on its own): a
+// switch for measuring the difference (tools/ws-benchmark), not a
+// setting.
 const streamCopyEnv = "DTABLE_STREAM_COPY"
 
 // streamDefaults is the handler's WebSocket memory setting.
@@ -63,11 +64,10 @@ func (h *DtableBucket) provisionStreams() {
 // so that reverse_proxy's hijack gets a streamConn, and returns the
 // function to register for the stream (follower.openStream): it shuts
 // the hijacked client connection down at once and cancels the request,
-// as cancel does. Cancelling alone ends the stream through three goroutines in
-// turn (reverse_proxy's closes the owner's side, a copy fails, the
-// handler returns and closes the client's side): with a whole node's
-// streams closed at once that took tens of milliseconds on a busy
-// machine. Requests over HTTP/2 and HTTP/3 (extended CONNECT) are not
+// as cancel does. Cancelling alone ends the stream through three
+// goroutines in turn (reverse_proxy's closes the owner's side, a copy
+// fails, the handler returns and closes the client's side), for each of
+// a whole node's streams at once. Requests over HTTP/2 and HTTP/3 (extended CONNECT) are not
 // hijacked and keep w and cancel.
 func (h *DtableBucket) streamWriter(w http.ResponseWriter, r *http.Request, cancel context.CancelFunc) (http.ResponseWriter, context.CancelFunc) {
 	if h.streams.caddyCopy || r.ProtoMajor != 1 {

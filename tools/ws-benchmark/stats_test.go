@@ -136,3 +136,12 @@ func TestStreamsFor(t *testing.T) {
 		t.Errorf("45000 limit: %d, want 20000", got)
 	}
 }
+
+func TestSpreadOf(t *testing.T) {
+	if got := spreadOf([]time.Duration{5, 2, 9, 4}); got != 7 {
+		t.Errorf("spread = %v, want 7", got)
+	}
+	if spreadOf(nil) != 0 {
+		t.Error("empty")
+	}
+}
