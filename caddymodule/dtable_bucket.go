@@ -73,6 +73,7 @@ type DtableBucket struct {
 	// Requests waiting now, per bucket and in all (see takeHoldSlot).
 	heldInBucket [bucket.Count]atomic.Int64
 	heldTotal    atomic.Int64
+	streams      streamDefaults // WebSocket memory (stream_defaults.go)
 	followerRef
 	log *zap.Logger
 }
@@ -120,6 +121,7 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 	if h.MaxHeld == 0 {
 		h.MaxHeld = defaultMaxHeld
 	}
+	h.provisionStreams()
 	loadCfg, err := h.LoadReport.resolve()
 	if err != nil {
 		return err

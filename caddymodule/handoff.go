@@ -79,7 +79,7 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
 		r = r.WithContext(ctx)
-		cancelStream = cancel
+		w, cancelStream = h.streamWriter(w, r, cancel) // small idle buffers, close at once (stream_defaults.go)
 	}
 	br := &bucketRequest{h: h, b: b}
 	br.rw.w = w
