@@ -281,3 +281,27 @@ type benchWriter struct {
 func (w *benchWriter) Header() http.Header         { return w.header }
 func (w *benchWriter) WriteHeader(code int)        { w.code = code }
 func (w *benchWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+// A stream's route is its own copy, not a pointer into the table it was
+// opened under: a WebSocket outlives many tables, and such a pointer would
+// keep each of them (256 routes) alive.
+func TestStreamKeepsNoTableAlive(t *testing.T) {
+	fw := testFollower()
+	tbl, rt, unregister := fw.openStream(0x2a, func() {})
+	defer unregister()
+	var kept *route
+	for s := range fw.streams[0x2a] {
+		kept = s.route
+	}
+	if kept == nil || kept != rt {
+		t.Fatalf("the stream is not registered with the route it returned")
+	}
+	for i := range tbl.routes {
+		if kept == &tbl.routes[i] {
+			t.Fatalf("the stream's route points into the table (route %d)", i)
+		}
+	}
+	if !kept.sameTarget(&tbl.routes[0x2a]) || kept.changed != tbl.routes[0x2a].changed {
+		t.Fatalf("the copy differs from the table's route")
+	}
+}

@@ -346,6 +346,11 @@ func (fw *follower) openStream(b bucket.Bucket, cancel context.CancelFunc) (*rou
 	if !rt.ok || rt.moving {
 		return t, rt, func() {}
 	}
+	// The stream keeps its own copy of the route: a WebSocket lives for
+	// hours, and a pointer into the table would keep the whole table
+	// (256 routes) alive for each assignment version a stream outlives.
+	own := *rt
+	rt = &own
 	s := &stream{route: rt, cancel: cancel}
 	if fw.streams[b] == nil {
 		fw.streams[b] = map[*stream]struct{}{}
