@@ -235,6 +235,7 @@ func (lc *localCluster) printHelp() {
 Local cluster running (Ctrl-C to stop). Logs: %s
   etcd:            %s   (prefix /dtable-cluster)
   API proxy:       http://127.0.0.1:5550   e.g. curl http://127.0.0.1:5550/api/v1/dtables/%s/rows/
+  status page:     http://127.0.0.1:5555/  (open it in a browser: live buckets, nodes, moves)
   operator site:   http://127.0.0.1:5555   e.g. curl http://127.0.0.1:5555/lookup/%s
                                                 curl -X POST http://127.0.0.1:5555/rebalance/
   caddy admin:     http://127.0.0.1:2019/dtable-cluster/status, /metrics
