@@ -18,11 +18,14 @@ package main
 // number of keep-alive connections, against the same three backends and
 // etcd (in this process, not instrumented). The proxies run with
 // GOMAXPROCS=1 (valgrind runs one thread at a time anyway),
-// GODEBUG=asyncpreemptoff=1 (no SIGURG preemption signals) and GOGC=100.
+// GODEBUG=asyncpreemptoff=1 (no SIGURG preemption signals) and GOGC=100
+// (-instr-gogc): the GC's share of the count varies by about 1% from run
+// to run; with -instr-gogc off there is no GC and the spread is smaller.
 
 import (
 	"bufio"
 	"context"
+	"debug/elf"
 	"flag"
 	"fmt"
 	"io"
@@ -32,6 +35,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +54,7 @@ type instrOptions struct {
 	warmup, reqs    int
 	conns, reps     int
 	all             bool   // also plain Caddy defaults and the Go proxy
+	gogc            string // GOGC of the proxies
 	keepDir         string // where to keep the callgrind dumps, or ""
 	serveGoProxy    string // hidden: serve the Go proxy on this address
 	goProxyBackends string // hidden: its backends, comma-separated
@@ -59,10 +64,11 @@ func instrFlags() *instrOptions {
 	o := &instrOptions{}
 	flag.BoolVar(&o.enabled, "instructions", false, "instead of wrk: count instructions per request of each proxy under valgrind --tool=callgrind")
 	flag.IntVar(&o.warmup, "instr-warmup", 500, "-instructions: warm-up requests per variant (not counted)")
-	flag.IntVar(&o.reqs, "instr-requests", 3000, "-instructions: measured requests per variant")
+	flag.IntVar(&o.reqs, "instr-requests", 2000, "-instructions: measured requests per variant")
 	flag.IntVar(&o.conns, "instr-conns", 4, "-instructions: client connections (keep-alive)")
 	flag.IntVar(&o.reps, "instr-reps", 2, "-instructions: repetitions of the whole set of variants")
 	flag.BoolVar(&o.all, "instr-all", true, "-instructions: also plain Caddy defaults and Go httputil.ReverseProxy")
+	flag.StringVar(&o.gogc, "instr-gogc", "off,100", "-instructions: GOGC values of the proxies, each a full set of runs (off: no GC, so no GC cost and little spread)")
 	flag.StringVar(&o.keepDir, "callgrind-dir", "", "-instructions: keep the callgrind dumps here (for callgrind_annotate)")
 	flag.StringVar(&o.serveGoProxy, "serve-goproxy", "", "internal: serve the Go proxy on this address")
 	flag.StringVar(&o.goProxyBackends, "goproxy-backends", "", "internal: the Go proxy's backends")
@@ -157,27 +163,35 @@ func runInstructions(caddyBin string, o *instrOptions) error {
 	}
 	const plainSame, dtable = 0, 1
 
-	env := append(os.Environ(), "GOMAXPROCS=1", "GODEBUG=asyncpreemptoff=1", "GOGC=100")
 	vgVersion := "?"
 	if out, err := exec.Command(valgrind, "--version").Output(); err == nil {
 		vgVersion = strings.TrimSpace(string(out))
 	}
-	fmt.Printf("instructions per request: %s --tool=callgrind --instr-atstart=no, proxies with GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1 GOGC=100;\n", vgVersion)
+	gogcs := strings.Split(o.gogc, ",")
+	fmt.Printf("instructions per request: %s --tool=callgrind --instr-atstart=no, proxies with GOMAXPROCS=1 GODEBUG=asyncpreemptoff=1, GOGC %s;\n",
+		vgVersion, strings.Join(gogcs, ", then "))
 	fmt.Printf("per variant a fresh process, %d warm-up then %d measured requests (bucket k mod 256) over %d keep-alive connections\n",
 		o.warmup, o.reqs, o.conns)
 
-	counts := make([][]float64, len(variants)) // [variant][rep] instructions per request
-	for r := 0; r < o.reps; r++ {
-		for i, v := range variants {
-			t0 := time.Now()
-			total, err := countVariant(v, r, o, caddyBin, self, valgrind, control, dumps, dir, addrs, env)
-			if err != nil {
-				return fmt.Errorf("%s: %w", v.name, err)
+	// counts[g][variant][rep]: instructions per request.
+	counts := make([][][]float64, len(gogcs))
+	for g, gogc := range gogcs {
+		gogc = strings.TrimSpace(gogc)
+		env := append(os.Environ(), "GOMAXPROCS=1", "GODEBUG=asyncpreemptoff=1", "GOGC="+gogc)
+		counts[g] = make([][]float64, len(variants))
+		for r := 0; r < o.reps; r++ {
+			for i, v := range variants {
+				t0 := time.Now()
+				tag := fmt.Sprintf("%s-gogc%s-rep%d", v.slug, gogc, r+1)
+				total, err := countVariant(v, tag, o, caddyBin, self, valgrind, control, dumps, dir, addrs, env)
+				if err != nil {
+					return fmt.Errorf("%s: %w", v.name, err)
+				}
+				per := float64(total) / float64(o.reqs)
+				counts[g][i] = append(counts[g][i], per)
+				fmt.Printf("GOGC=%-4s rep %d  %-44s %10.0f instructions/request  (%d over %d requests; %v)\n",
+					gogc, r+1, v.name, per, total, o.reqs, time.Since(t0).Round(100*time.Millisecond))
 			}
-			per := float64(total) / float64(o.reqs)
-			counts[i] = append(counts[i], per)
-			fmt.Printf("rep %d  %-44s %10.0f instructions/request  (%d over %d requests; %v)\n",
-				r+1, v.name, per, total, o.reqs, time.Since(t0).Round(100*time.Millisecond))
 		}
 	}
 
@@ -188,53 +202,60 @@ func runInstructions(caddyBin string, o *instrOptions) error {
 	fmt.Printf("\n%s, Go %s, Caddy %s, %s; the whole run took %v\n",
 		time.Now().UTC().Format("2006-01-02"), strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, vgVersion, time.Since(began).Round(time.Second))
 	fmt.Printf("reproduce: ./xcaddy.sh && go run ./tools/proxy-benchmark %s\n\n", strings.Join(os.Args[1:], " "))
-	hdr, sep := "| variant |", "|---|"
+	hdr, sep := "| variant | GOGC |", "|---|---|"
 	for r := 0; r < o.reps; r++ {
 		hdr += fmt.Sprintf(" instructions/request, rep %d |", r+1)
 		sep += "---:|"
 	}
-	fmt.Println(hdr + " × Caddy, directive's transport |")
-	fmt.Println(sep + "---:|")
-	for i, v := range variants {
-		line := "| " + v.name + " |"
-		for _, c := range counts[i] {
-			line += fmt.Sprintf(" %.0f |", c)
+	fmt.Println(hdr + " spread | × Caddy, directive's transport, per rep |")
+	fmt.Println(sep + "---:|---:|")
+	for g, gogc := range gogcs {
+		for i, v := range variants {
+			line := fmt.Sprintf("| %s | %s |", v.name, strings.TrimSpace(gogc))
+			lo, hi := counts[g][i][0], counts[g][i][0]
+			var rs []string
+			for r, c := range counts[g][i] {
+				line += fmt.Sprintf(" %.0f |", c)
+				lo, hi = min(lo, c), max(hi, c)
+				rs = append(rs, fmt.Sprintf("%.3f", c/counts[g][plainSame][r]))
+			}
+			fmt.Printf("%s %.2f%% | %s |\n", line, 100*(hi-lo)/lo, strings.Join(rs, ", "))
 		}
-		var rs []string
-		for r := range counts[i] {
-			rs = append(rs, fmt.Sprintf("%.3f", counts[i][r]/counts[plainSame][r]))
+	}
+	fmt.Println("\nspread: (max−min)/min over the reps, the run-to-run noise of the count.")
+	for g, gogc := range gogcs {
+		var ratios []string
+		for r := 0; r < o.reps; r++ {
+			ratios = append(ratios, fmt.Sprintf("%.3f", counts[g][dtable][r]/counts[g][plainSame][r]))
 		}
-		fmt.Println(line + " " + strings.Join(rs, ", ") + " |")
+		fmt.Printf("GOGC=%s: dtable_bucket_proxy defaults / Caddy reverse_proxy with the directive's transport: %s (per rep)\n",
+			strings.TrimSpace(gogc), strings.Join(ratios, ", "))
 	}
-	var spread []string
-	for i, v := range variants {
-		lo, hi := counts[i][0], counts[i][0]
-		for _, c := range counts[i] {
-			lo, hi = min(lo, c), max(hi, c)
-		}
-		spread = append(spread, fmt.Sprintf("%s %.2f%%", v.name, 100*(hi-lo)/lo))
+
+	// Where the difference goes: self cost per function, by instruction
+	// address (callgrind's own per-function split follows its call-stack
+	// tracking, which Go's goroutine switches confuse).
+	g0 := strings.TrimSpace(gogcs[0])
+	a := filepath.Join(dumps, fmt.Sprintf("%s-gogc%s-rep1.out.1", variants[plainSame].slug, g0))
+	b := filepath.Join(dumps, fmt.Sprintf("%s-gogc%s-rep1.out.1", variants[dtable].slug, g0))
+	if err := printSelfDiff(caddyBin, a, b, float64(o.reqs), 25); err != nil {
+		fmt.Printf("\nno per-function breakdown: %v\n", err)
 	}
-	fmt.Printf("\nrepeatability (max−min)/min over the %d reps: %s\n", o.reps, strings.Join(spread, "; "))
-	var ratios []string
-	for r := 0; r < o.reps; r++ {
-		ratios = append(ratios, fmt.Sprintf("%.3f", counts[dtable][r]/counts[plainSame][r]))
-	}
-	fmt.Printf("dtable_bucket_proxy defaults / Caddy reverse_proxy with the directive's transport: %s (per rep)\n", strings.Join(ratios, ", "))
 	if o.keepDir != "" {
-		fmt.Printf("callgrind dumps in %s; e.g. callgrind_annotate --inclusive=yes %s/dtable-defaults-rep1.out.1 | head -60\n", o.keepDir, o.keepDir)
+		fmt.Printf("\ncallgrind dumps (with --dump-instr=yes) in %s\n", o.keepDir)
 	}
 	return nil
 }
 
 // countVariant starts one variant under callgrind and returns the
 // instructions it executed over the measured requests.
-func countVariant(v instrVariant, rep int, o *instrOptions, caddyBin, self, valgrind, control, dumps, dir string, backends []string, env []string) (int64, error) {
-	out := filepath.Join(dumps, fmt.Sprintf("%s-rep%d.out", v.slug, rep+1))
+func countVariant(v instrVariant, tag string, o *instrOptions, caddyBin, self, valgrind, control, dumps, dir string, backends []string, env []string) (int64, error) {
+	out := filepath.Join(dumps, tag+".out")
 	matches, _ := filepath.Glob(out + "*")
 	for _, m := range matches {
 		os.Remove(m)
 	}
-	args := []string{"--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=" + out}
+	args := []string{"--tool=callgrind", "--instr-atstart=no", "--dump-instr=yes", "--callgrind-out-file=" + out}
 	if v.site == "" {
 		args = append(args, self, "-serve-goproxy", instrAddr, "-goproxy-backends", strings.Join(backends, ","))
 	} else {
@@ -453,4 +474,177 @@ func startAssignedEtcd(dir string, backends []*backend) (string, func(), error) 
 		return "", nil, err
 	}
 	return etcdURL, func() { srv.Close() }, nil
+}
+
+// printSelfDiff prints, per request, the self cost (instructions executed
+// in the function's own code) of the packages and functions whose cost
+// differs most between dump a and dump b of binary bin (made with
+// --dump-instr=yes; bin needs its symbol table: xcaddy strips it unless
+// XCADDY_GO_BUILD_FLAGS is set).
+func printSelfDiff(bin, a, b string, reqs float64, top int) error {
+	syms, err := funcSymbols(bin)
+	if err != nil {
+		return err
+	}
+	ca, err := selfCost(a, syms)
+	if err != nil {
+		return err
+	}
+	cb, err := selfCost(b, syms)
+	if err != nil {
+		return err
+	}
+	pa, pb := map[string]int64{}, map[string]int64{}
+	for f, c := range ca {
+		pa[goPackage(f)] += c
+	}
+	for f, c := range cb {
+		pb[goPackage(f)] += c
+	}
+	show := func(title string, x, y map[string]int64, n int) {
+		keys := map[string]bool{}
+		for k := range x {
+			keys[k] = true
+		}
+		for k := range y {
+			keys[k] = true
+		}
+		var ks []string
+		for k := range keys {
+			ks = append(ks, k)
+		}
+		abs := func(v int64) int64 { return max(v, -v) }
+		sort.Slice(ks, func(i, j int) bool {
+			di, dj := abs(y[ks[i]]-x[ks[i]]), abs(y[ks[j]]-x[ks[j]])
+			if di != dj {
+				return di > dj
+			}
+			return ks[i] < ks[j]
+		})
+		fmt.Printf("\n%s\n\n| %s | plain Caddy | dtable_bucket_proxy | difference |\n|---|---:|---:|---:|\n", title, strings.Fields(title)[0])
+		for _, k := range ks[:min(n, len(ks))] {
+			fmt.Printf("| %s | %.0f | %.0f | %+.0f |\n", k, float64(x[k])/reqs, float64(y[k])/reqs, float64(y[k]-x[k])/reqs)
+		}
+	}
+	fmt.Printf("\nself cost per request, by instruction address, of %s (plain Caddy, directive's transport) and %s (dtable_bucket_proxy defaults):\n",
+		filepath.Base(a), filepath.Base(b))
+	show("package (self instructions/request, the 15 that differ most)", pa, pb, 15)
+	show("function (self instructions/request, the "+strconv.Itoa(top)+" that differ most)", ca, cb, top)
+	return nil
+}
+
+type funcSym struct {
+	addr, end uint64
+	name      string
+}
+
+// funcSymbols reads the function symbols of an ELF binary, sorted by address.
+func funcSymbols(bin string) ([]funcSym, error) {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ss, err := f.Symbols()
+	if err != nil {
+		return nil, fmt.Errorf("%s has no symbol table (build it with XCADDY_GO_BUILD_FLAGS=\"-trimpath -tags nobadger,nomysql,nopgx\" ./xcaddy.sh): %v", bin, err)
+	}
+	var out []funcSym
+	for _, s := range ss {
+		if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Value != 0 {
+			out = append(out, funcSym{s.Value, s.Value + s.Size, s.Name})
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s has no function symbols", bin)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].addr < out[j].addr })
+	return out, nil
+}
+
+// selfCost sums the Ir of each instruction in a callgrind dump made with
+// --dump-instr=yes (positions: instr line) by the function whose symbol
+// covers its address; the costs of call lines (inclusive) are skipped.
+func selfCost(file string, syms []funcSym) (map[string]int64, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := map[string]int64{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var last uint64
+	positions, afterCall := false, false
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" {
+			continue
+		}
+		if strings.HasPrefix(line, "positions:") {
+			positions = strings.Fields(line)[1] == "instr"
+			continue
+		}
+		if strings.HasPrefix(line, "calls=") {
+			afterCall = true
+			continue
+		}
+		c := line[0]
+		if !(c == '+' || c == '-' || c == '*' || (c >= '0' && c <= '9')) {
+			continue // ob=, fn=, totals: and the like
+		}
+		fs := strings.Fields(line)
+		if len(fs) < 3 {
+			continue
+		}
+		switch p := fs[0]; {
+		case p == "*":
+		case p[0] == '+' || p[0] == '-':
+			d, err := strconv.ParseInt(p[1:], 0, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q", file, line)
+			}
+			if p[0] == '-' {
+				d = -d
+			}
+			last = uint64(int64(last) + d)
+		default:
+			v, err := strconv.ParseUint(p, 0, 64)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q", file, line)
+			}
+			last = v
+		}
+		if afterCall {
+			afterCall = false
+			continue
+		}
+		ir, err := strconv.ParseInt(fs[2], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q", file, line)
+		}
+		i := sort.Search(len(syms), func(i int) bool { return syms[i].addr > last }) - 1
+		name := "[outside the binary]"
+		if i >= 0 && last < max(syms[i].end, syms[i].addr+1) {
+			name = syms[i].name
+		}
+		out[name] += ir
+	}
+	if !positions {
+		return nil, fmt.Errorf("%s: not dumped with --dump-instr=yes", file)
+	}
+	return out, sc.Err()
+}
+
+// goPackage is the package of a Go function symbol, e.g. net/http of
+// net/http.(*Transport).roundTrip.
+func goPackage(fn string) string {
+	if i := strings.IndexByte(fn, '['); i >= 0 {
+		fn = fn[:i]
+	}
+	slash := strings.LastIndexByte(fn, '/') + 1
+	if i := strings.IndexByte(fn[slash:], '.'); i >= 0 {
+		return fn[:slash+i]
+	}
+	return fn
 }
