@@ -30,6 +30,10 @@
 // DIR/<variant>-c<conns>.pprof; compare them with
 // go tool pprof -top -diff_base A.pprof B.pprof.
 //
+// With -instructions, instead of wrk it counts the instructions each proxy
+// executes per request under valgrind's callgrind, which repeats where
+// req/s on a small VM does not (instructions.go; needs valgrind).
+//
 // The proxies without bucket routing round-robin over the three backends;
 // dtable_bucket_proxy routes by the assignment in etcd, which spreads the
 // 256 buckets over the three backends. wrk's Lua script sends every request
