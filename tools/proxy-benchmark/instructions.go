@@ -18,9 +18,17 @@ package main
 // number of keep-alive connections, against the same three backends and
 // etcd (in this process, not instrumented). The proxies run with
 // GOMAXPROCS=1 (valgrind runs one thread at a time anyway),
-// GODEBUG=asyncpreemptoff=1 (no SIGURG preemption signals) and GOGC=100
-// (-instr-gogc): the GC's share of the count varies by about 1% from run
-// to run; with -instr-gogc off there is no GC and the spread is smaller.
+// GODEBUG=asyncpreemptoff=1 (no SIGURG preemption signals), and each set
+// of runs with one GOGC (-instr-gogc, default off then 100): with GOGC=off
+// there is no GC and counts repeat within about 0.2%; with GOGC=100 the
+// GC's share varies by about 1% from run to run.
+//
+// Callgrind's own split by function follows its call-stack tracking,
+// which Go's goroutine switches confuse; so the dumps are made with
+// --dump-instr=yes and the tool sums each instruction's cost into the
+// function whose symbol covers its address (the self cost), for the
+// first GOGC's first repetition of the Caddy pair. That needs ./caddy's
+// symbol table, which xcaddy strips unless XCADDY_GO_BUILD_FLAGS is set.
 
 import (
 	"bufio"
