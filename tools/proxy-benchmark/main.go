@@ -30,6 +30,10 @@
 // DIR/<variant>-c<conns>.pprof; compare them with
 // go tool pprof -top -diff_base A.pprof B.pprof.
 //
+// With -instructions, instead of wrk it counts the instructions each proxy
+// executes per request under valgrind's callgrind, which repeats where
+// req/s on a small VM does not (instructions.go; needs valgrind).
+//
 // The proxies without bucket routing round-robin over the three backends;
 // dtable_bucket_proxy routes by the assignment in etcd, which spreads the
 // 256 buckets over the three backends. wrk's Lua script sends every request
@@ -80,7 +84,19 @@ func main() {
 	conns := flag.String("connections", "50,512", "wrk connection counts, comma-separated")
 	threads := flag.Int("threads", 1, "wrk threads (wrk has one core of its own)")
 	pprofDir := flag.String("pprof", "", "if set, save CPU profiles of the first round's runs of the proxies here")
+	instr := instrFlags()
 	flag.Parse()
+	if instr.serveGoProxy != "" { // the Go proxy, as a process of its own for -instructions
+		serveGoProxy(instr.serveGoProxy, strings.Split(instr.goProxyBackends, ","))
+		return
+	}
+	if instr.enabled { // instruction counts under valgrind: no wrk, no pinning
+		if err := runInstructions(*caddyBin, instr); err != nil {
+			fmt.Fprintf(os.Stderr, "proxy-benchmark: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	pinNote := pinSelf()
 	var cs []int
 	for _, f := range strings.Split(*conns, ",") {
@@ -224,24 +240,11 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 	}
 
 	// Go httputil.ReverseProxy, in this process, round-robin.
-	var targets []*url.URL
+	var addrs []string
 	for _, b := range backends {
-		targets = append(targets, &url.URL{Scheme: "http", Host: b.addr})
+		addrs = append(addrs, b.addr)
 	}
-	var rr atomic.Uint64
-	goProxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(targets[rr.Add(1)%uint64(len(targets))])
-			pr.Out.Host = pr.In.Host
-		},
-		ErrorLog: log.New(io.Discard, "", 0), // wrk hanging up at the end of a run is no error
-		Transport: &http.Transport{
-			Proxy:               nil,
-			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConnsPerHost: 128,
-			IdleConnTimeout:     90 * time.Second,
-		},
-	}
+	goProxy := newGoProxy(addrs)
 	gl, err := net.Listen("tcp", "127.0.0.1:7111")
 	if err != nil {
 		return err
@@ -496,6 +499,29 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 		fmt.Println("note: not pinned:", pinNote)
 	}
 	return nil
+}
+
+// newGoProxy is the Go httputil.ReverseProxy variant: round-robin over the
+// backends (host:port), MaxIdleConnsPerHost 128.
+func newGoProxy(backends []string) *httputil.ReverseProxy {
+	var targets []*url.URL
+	for _, b := range backends {
+		targets = append(targets, &url.URL{Scheme: "http", Host: b})
+	}
+	var rr atomic.Uint64
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(targets[rr.Add(1)%uint64(len(targets))])
+			pr.Out.Host = pr.In.Host
+		},
+		ErrorLog: log.New(io.Discard, "", 0), // wrk hanging up at the end of a run is no error
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: 128,
+			IdleConnTimeout:     90 * time.Second,
+		},
+	}
 }
 
 // directiveIdleConnsPerHost is keepalive_idle_conns_per_host of the
