@@ -71,6 +71,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/dtablecluster/dtable-router/internal/cpupin"
 	"github.com/dtablecluster/dtable-router/internal/embedetcd"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 )
@@ -97,7 +98,7 @@ func main() {
 		}
 		return
 	}
-	pinNote := pinSelf()
+	pinNote, _ := pin.Self("servers on CPU 0, wrk on CPU 1 (taskset)")
 	var cs []int
 	for _, f := range strings.Split(*conns, ",") {
 		c, err := strconv.Atoi(strings.TrimSpace(f))
@@ -113,39 +114,10 @@ func main() {
 	}
 }
 
-// pinSelf re-executes this program on CPU 0 with taskset (once), so the
-// in-process servers and every server it starts share CPU 0 and the Go
-// runtime sizes itself for one core; wrk is started on CPU 1.
-func pinSelf() string {
-	if os.Getenv(pinnedEnv) != "" {
-		return "servers on CPU 0, wrk on CPU 1 (taskset)"
-	}
-	ts, err := exec.LookPath("taskset")
-	if err != nil {
-		return "NOT pinned: taskset not found (apt-get install util-linux)"
-	}
-	if runtime.NumCPU() < 2 {
-		return "NOT pinned: fewer than 2 CPUs"
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return "NOT pinned: " + err.Error()
-	}
-	os.Setenv(pinnedEnv, strconv.Itoa(runtime.NumCPU()))
-	args := append([]string{ts, "-c", "0", self}, os.Args[1:]...)
-	err = syscall.Exec(ts, args, os.Environ())
-	return "NOT pinned: exec taskset: " + err.Error()
-}
-
-func pinned() bool { return os.Getenv(pinnedEnv) != "" }
-
-// machineCPUs is the number of CPUs before pinning.
-func machineCPUs() int {
-	if n, err := strconv.Atoi(os.Getenv(pinnedEnv)); err == nil {
-		return n
-	}
-	return runtime.NumCPU()
-}
+// pin runs this program (the in-process servers and every server it
+// starts) on CPU 0, so the Go runtime sizes itself for one core; wrk is
+// started on CPU 1.
+var pin = cpupin.Pin{Env: pinnedEnv, CPU: 0}
 
 // backend is a fast HTTP server that counts the connections it accepts.
 type backend struct {
@@ -415,7 +387,7 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 		wrkVersion = strings.Fields(string(out))[1]
 	}
 	fmt.Printf("\n%s, %d cores (%s), Go %s, Caddy %s, nginx %s, wrk %s\n",
-		time.Now().UTC().Format("2006-01-02"), machineCPUs(), pinNote, strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, nginxVersion, wrkVersion)
+		time.Now().UTC().Format("2006-01-02"), pin.MachineCPUs(), pinNote, strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, nginxVersion, wrkVersion)
 	fmt.Printf("wrk -t%d, %v per run, %d interleaved rounds, medians; requests spread over all 256 buckets, 3 backends; the whole run took %v\n",
 		threads, duration, rounds, time.Since(began).Round(time.Second))
 	fmt.Printf("reproduce: ./xcaddy.sh && go run ./tools/proxy-benchmark %s\n\n", strings.Join(os.Args[1:], " "))
@@ -495,8 +467,8 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 	for _, e := range errs {
 		fmt.Println("note:", e)
 	}
-	if !pinned() {
-		fmt.Println("note: not pinned:", pinNote)
+	if !pin.Pinned() {
+		fmt.Println("note:", pinNote)
 	}
 	return nil
 }
@@ -718,12 +690,7 @@ var (
 
 func runWrk(wrkBin, script, u string, d time.Duration, conns, threads int) (wrkResult, error) {
 	args := []string{"-t" + strconv.Itoa(threads), "-c" + strconv.Itoa(conns), "-d" + d.String(), "--latency", "-s", script, u}
-	var cmd *exec.Cmd
-	if pinned() {
-		cmd = exec.Command("taskset", append([]string{"-c", "1", wrkBin}, args...)...)
-	} else {
-		cmd = exec.Command(wrkBin, args...)
-	}
+	cmd := pin.Command(1, wrkBin, args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return wrkResult{}, fmt.Errorf("wrk %s: %v\n%s", u, err, out)

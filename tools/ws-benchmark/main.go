@@ -96,7 +96,7 @@ func main() {
 	flag.Parse()
 	o.pinNote = "not pinned (-no-pin)"
 	if !*noPin {
-		o.pinNote = pinSelf()
+		o.pinNote, _ = pin.Self("proxy on CPU 0, this program (clients, backends, etcd) on CPU 1 (taskset)")
 	}
 	o.parts = map[string]bool{}
 	for _, p := range strings.Split(*parts, ",") {
@@ -337,7 +337,7 @@ func printTable(o *options, rows []row) {
 		caddyVersion = strings.Fields(string(out) + " ?")[0]
 	}
 	fmt.Printf("\n%s, %d cores (%s), Go %s, Caddy %s, RLIMIT_NOFILE %d\n", time.Now().UTC().Format("2006-01-02 15:04 MST"),
-		machineCPUs(), o.pinNote, strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, o.nofileLimit)
+		pin.MachineCPUs(), o.pinNote, strings.TrimPrefix(runtime.Version(), "go"), caddyVersion, o.nofileLimit)
 	fmt.Printf("reproduce: ./xcaddy.sh && go run ./tools/ws-benchmark %s\n", strings.Join(os.Args[1:], " "))
 	if o.streamNote != "" {
 		fmt.Println("note:", o.streamNote)

@@ -10,12 +10,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dtablecluster/dtable-router/internal/cpupin"
 )
 
 // proxyProc is a proxy running as its own process (Caddy or nginx), so
@@ -125,48 +126,12 @@ func (p *proxyProc) waitTable(v int64, timeout time.Duration) (time.Time, bool) 
 	}
 }
 
-// pinnedEnv is set when this program runs pinned to CPU 1 (pinSelf); the
-// proxies then run on CPU 0 (taskset execs them, so the pid is theirs).
-const pinnedEnv = "WS_BENCHMARK_PINNED"
+// pin runs this program (the load generator, backends and etcd) on CPU
+// 1, so they do not take the proxy's CPU; the proxies run on CPU 0
+// (taskset execs them, so the pid is theirs).
+var pin = cpupin.Pin{Env: "WS_BENCHMARK_PINNED", CPU: 1}
 
-func proxyCommand(bin string, args ...string) *exec.Cmd {
-	if os.Getenv(pinnedEnv) != "" {
-		return exec.Command("taskset", append([]string{"-c", "0", bin}, args...)...)
-	}
-	return exec.Command(bin, args...)
-}
-
-// pinSelf re-executes this program on CPU 1 with taskset (once), so that
-// the load generator, backends and etcd do not take the proxy's CPU;
-// the proxies run on CPU 0. It returns what was done, for the table.
-func pinSelf() string {
-	if os.Getenv(pinnedEnv) != "" {
-		return "proxy on CPU 0, this program (clients, backends, etcd) on CPU 1 (taskset)"
-	}
-	ts, err := exec.LookPath("taskset")
-	if err != nil {
-		return "not pinned: taskset not found (apt-get install util-linux)"
-	}
-	if runtime.NumCPU() < 2 {
-		return "not pinned: fewer than 2 CPUs"
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return "not pinned: " + err.Error()
-	}
-	os.Setenv(pinnedEnv, strconv.Itoa(runtime.NumCPU()))
-	err = syscall.Exec(ts, append([]string{ts, "-c", "1", self}, os.Args[1:]...), os.Environ())
-	os.Unsetenv(pinnedEnv)
-	return "not pinned: exec taskset: " + err.Error()
-}
-
-// machineCPUs is the number of CPUs before pinning.
-func machineCPUs() int {
-	if n, err := strconv.Atoi(os.Getenv(pinnedEnv)); err == nil {
-		return n
-	}
-	return runtime.NumCPU()
-}
+func proxyCommand(bin string, args ...string) *exec.Cmd { return pin.Command(0, bin, args...) }
 
 // startCaddy runs bin with a Caddyfile whose global options block sets the
 // admin address; body is the sites. Its log (JSON) goes to a file in dir,
