@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -64,6 +65,9 @@ type DtableClusterAdmin struct {
 	// closing is closed by Cleanup: this handler's status streams end, so
 	// a config reload is not kept waiting for them.
 	closing chan struct{}
+	// shutdowns maps each *http.Server that served a status stream to a
+	// channel closed when it begins to shut down (serverShutdown).
+	shutdowns sync.Map
 }
 
 // CaddyModule returns the Caddy module information.

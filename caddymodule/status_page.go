@@ -92,7 +92,8 @@ var (
 // change, a comment every sseKeepAlive. A viewer that falls behind gets
 // only the latest state. The stream ends when the client goes away, when
 // this handler is cleaned up (a config reload: the page reconnects to
-// the new config), and when the follower stops.
+// the new config), when the follower stops, and when the server begins
+// to shut down.
 func (h *DtableClusterAdmin) events(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
@@ -101,6 +102,7 @@ func (h *DtableClusterAdmin) events(w http.ResponseWriter, r *http.Request) erro
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
+	shuttingDown := h.serverShutdown(r)
 	hub := h.follower.live
 	v, leave := hub.join()
 	defer leave()
@@ -131,6 +133,8 @@ func (h *DtableClusterAdmin) events(w http.ResponseWriter, r *http.Request) erro
 			return nil
 		case <-h.closing:
 			return nil
+		case <-shuttingDown:
+			return nil
 		case <-hub.stopped():
 			return nil
 		case <-keepAlive.C:
@@ -148,4 +152,23 @@ func (h *DtableClusterAdmin) events(w http.ResponseWriter, r *http.Request) erro
 			sent = seq
 		}
 	}
+}
+
+// serverShutdown returns a channel closed when the net/http server
+// serving r begins to shut down (nil, which never fires, without one).
+// A stream must end then: on exit Caddy waits for the server's Shutdown,
+// which waits for every response in progress, before it cleans modules up
+// (closing), so an open status page would keep the process from exiting.
+// The hook is registered once per server.
+func (h *DtableClusterAdmin) serverShutdown(r *http.Request) <-chan struct{} {
+	srv, _ := r.Context().Value(http.ServerContextKey).(*http.Server)
+	if srv == nil {
+		return nil
+	}
+	ch := make(chan struct{})
+	actual, loaded := h.shutdowns.LoadOrStore(srv, ch)
+	if !loaded {
+		srv.RegisterOnShutdown(func() { close(ch) })
+	}
+	return actual.(chan struct{})
 }
