@@ -85,7 +85,12 @@ func (h *moveHistory) recent() ([]moveEvent, uint64) {
 }
 
 // diffMoves lists, in bucket order, what changed in the buckets' moves
-// and owners from prev to next.
+// and owners from prev to next. The two need not be consecutive versions
+// (a re-list after a broken watch folds several writes into one
+// snapshot), so a bucket may have ended one move and started another in
+// between: a move is the same only while its epoch and the owner are (a
+// re-target keeps both). A bucket that left its owner and came back between the two with no
+// move in either is not seen.
 func diffMoves(prev, next *schema.Assignment, at time.Time) []moveEvent {
 	var out []moveEvent
 	for i := range bucket.Count {
@@ -93,31 +98,40 @@ func diffMoves(prev, next *schema.Assignment, at time.Time) []moveEvent {
 		pm, wasMoving := prev.Moving[b]
 		nm, isMoving := next.Moving[b]
 		po, no := prev.Owners[b], next.Owners[b]
-		e := moveEvent{At: at, Bucket: b.String()}
-		switch {
-		case isMoving && !wasMoving:
-			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveStarted, nm.From, nm.To, nm.Reason, nm.Epoch
-		case isMoving && po != no && po != "" && no != "":
-			// Committed and started again between two snapshots this
-			// proxy saw: both events.
-			c := e
-			c.Kind, c.From, c.To, c.Reason, c.Epoch, c.TookMS = moveCommitted, po, no, pm.Reason, next.Epochs[b], took(pm, at)
-			out = append(out, c)
-			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveStarted, nm.From, nm.To, nm.Reason, nm.Epoch
-		case isMoving && (pm.To != nm.To || pm.From != nm.From):
-			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveRetargeted, nm.From, nm.To, nm.Reason, nm.Epoch
-		case po == "" || no == "":
-			continue // no assignment yet, or a bucket (un)assigned: not a handoff
-		case wasMoving && !isMoving && po != no:
-			e.Kind, e.From, e.To, e.Reason, e.Epoch, e.TookMS = moveCommitted, po, no, pm.Reason, next.Epochs[b], took(pm, at)
-		case wasMoving && !isMoving:
-			e.Kind, e.From, e.To, e.Reason, e.Epoch = moveAborted, pm.From, pm.To, pm.Reason, pm.Epoch
-		case !wasMoving && po != no:
-			e.Kind, e.From, e.To, e.Epoch = moveForced, po, no, next.Epochs[b]
-		default:
-			continue
+		ev := func(kind, from, to, reason string, epoch int64) moveEvent {
+			return moveEvent{At: at, Bucket: b.String(), Kind: kind, From: from, To: to, Reason: reason, Epoch: epoch}
 		}
-		out = append(out, e)
+		// The move seen before ended if it is gone, or if another stands
+		// in its place: another epoch, or an owner that changed (only a
+		// commit changes a moving bucket's owner).
+		ended := wasMoving && (!isMoving || nm.Epoch != pm.Epoch || po != no)
+		// How the move seen before ended, or how the owner changed
+		// without one (no assignment yet, or a bucket (un)assigned, is no
+		// handoff).
+		if po != "" && no != "" {
+			switch {
+			case ended && po != no:
+				e := ev(moveCommitted, po, no, pm.Reason, next.Epochs[b])
+				e.TookMS = took(pm, at)
+				out = append(out, e)
+			case ended && next.Epochs[b] != prev.Epochs[b]:
+				// Committed, then back to the old owner with no moving
+				// phase seen.
+				e := ev(moveCommitted, pm.From, pm.To, pm.Reason, 0)
+				e.TookMS = took(pm, at)
+				out = append(out, e, ev(moveForced, pm.To, no, "", next.Epochs[b]))
+			case ended:
+				out = append(out, ev(moveAborted, pm.From, pm.To, pm.Reason, pm.Epoch))
+			case !wasMoving && po != no:
+				out = append(out, ev(moveForced, po, no, "", next.Epochs[b]))
+			}
+		}
+		switch {
+		case isMoving && (!wasMoving || ended):
+			out = append(out, ev(moveStarted, nm.From, nm.To, nm.Reason, nm.Epoch))
+		case isMoving && (pm.To != nm.To || pm.From != nm.From):
+			out = append(out, ev(moveRetargeted, nm.From, nm.To, nm.Reason, nm.Epoch))
+		}
 	}
 	return out
 }

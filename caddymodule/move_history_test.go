@@ -51,6 +51,25 @@ func TestDiffMovesClassifiesAsTheMetricsDo(t *testing.T) {
 				{At: at, Bucket: "04", Kind: moveStarted, From: "n2", To: "n1", Reason: "drained", Epoch: 2}}},
 		{"forced: a dead node's bucket", assignmentOf(1, nil), assignmentOf(2, func(a *schema.Assignment) { a.Owners[0x07], a.Epochs[0x07] = "n1", 2 }),
 			[]moveEvent{{At: at, Bucket: "07", Kind: moveForced, From: "n2", To: "n1", Epoch: 2}}},
+		// Snapshots that fold several writes (a re-list after a broken
+		// watch): each move ended and each one started is reported.
+		{"aborted and started again (another epoch)", assignmentOf(2, moving(0x04, "n1", "n2")),
+			assignmentOf(5, func(a *schema.Assignment) {
+				moving(0x04, "n1", "n2")(a)
+				m := a.Moving[0x04]
+				m.Epoch = 5
+				a.Moving[0x04] = m
+			}),
+			[]moveEvent{{At: at, Bucket: "04", Kind: moveAborted, From: "n1", To: "n2", Reason: "drained", Epoch: 2},
+				{At: at, Bucket: "04", Kind: moveStarted, From: "n1", To: "n2", Reason: "drained", Epoch: 5}}},
+		{"forced, then a move starts", assignmentOf(1, nil),
+			assignmentOf(3, func(a *schema.Assignment) { a.Owners[0x05], a.Epochs[0x05] = "n1", 2; moving(0x05, "n1", "n2")(a) }),
+			[]moveEvent{{At: at, Bucket: "05", Kind: moveForced, From: "n2", To: "n1", Epoch: 2},
+				{At: at, Bucket: "05", Kind: moveStarted, From: "n1", To: "n2", Reason: "drained", Epoch: 2}}},
+		{"committed, then back with no moving phase seen", assignmentOf(2, moving(0x04, "n1", "n2")),
+			assignmentOf(4, func(a *schema.Assignment) { a.Epochs[0x04] = 4 }),
+			[]moveEvent{{At: at, Bucket: "04", Kind: moveCommitted, From: "n1", To: "n2", Reason: "drained", TookMS: 1500},
+				{At: at, Bucket: "04", Kind: moveForced, From: "n2", To: "n1", Epoch: 4}}},
 		{"a bucket assigned is not a move", assignmentOf(1, func(a *schema.Assignment) { a.Owners[0x07] = "" }), assignmentOf(2, nil), nil},
 	}
 	for _, tt := range tests {
