@@ -76,6 +76,9 @@ type DtableBucket struct {
 	streams      streamDefaults // WebSocket memory (stream_defaults.go)
 	followerRef
 	log *zap.Logger
+	// unregisterLoad takes this handler's load report settings back
+	// from the follower (Cleanup).
+	unregisterLoad func()
 }
 
 // CaddyModule returns the Caddy module information.
@@ -129,7 +132,7 @@ func (h *DtableBucket) Provision(ctx caddy.Context) error {
 	if err := h.join(ctx, h.EtcdConfig); err != nil {
 		return err
 	}
-	h.follower.configureLoadReport(loadCfg)
+	h.unregisterLoad = h.follower.registerLoadReport(loadCfg)
 	return nil
 }
 
@@ -147,8 +150,14 @@ func (h *DtableBucket) Validate() error {
 	return nil
 }
 
-// Cleanup releases the shared follower; the last user stops it.
-func (h *DtableBucket) Cleanup() error { return h.release() }
+// Cleanup takes back this handler's load report settings and releases
+// the shared follower; the last user stops it.
+func (h *DtableBucket) Cleanup() error {
+	if h.unregisterLoad != nil {
+		h.unregisterLoad()
+	}
+	return h.release()
+}
 
 // routeVar is the request variable through which the handler's choice
 // (*upstreamChoice) goes from the DtableBucket handler to the upstream

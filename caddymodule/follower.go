@@ -114,9 +114,11 @@ type follower struct {
 	loads  loadCache   // likewise
 	// load counts each bucket's traffic; the publisher (reportLoad)
 	// writes it to <prefix>/load/<id> as configured by the handler
-	// provisioned last (loadCfg; nil until one is), woken by loadWake.
+	// registered last (loadCfg; nil until one is), woken by loadWake.
 	load     loadCounters
 	loadCfg  atomic.Pointer[loadReportSettings]
+	loadMu   sync.Mutex            // guards loadRegs
+	loadRegs []*loadReportSettings // each provisioned handler's, in order (registerLoadReport)
 	loadWake chan struct{}
 	loadDone chan struct{}
 

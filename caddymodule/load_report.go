@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -15,10 +16,35 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
-// configureLoadReport applies a handler's load report settings to its
-// follower: the config provisioned last wins (a reload applies its own),
-// and the publisher takes them at once.
-func (fw *follower) configureLoadReport(s loadReportSettings) {
+// registerLoadReport adds a handler's load report settings to its
+// follower until the returned function takes them back (the handler's
+// Cleanup). The publisher follows the settings registered last that are
+// still there, and with none it publishes nothing (its key goes with its
+// lease). So a reload applies the new config's settings (its handlers
+// register before the old ones are cleaned up), a reload that fails
+// leaves the running config's settings in force (the failed config's
+// handlers are cleaned up), and a config without dtable_bucket_proxy
+// stops the report even while its operator site keeps the follower.
+func (fw *follower) registerLoadReport(s loadReportSettings) (unregister func()) {
+	r := &s
+	fw.loadMu.Lock()
+	fw.loadRegs = append(fw.loadRegs, r)
+	fw.applyLoadReportLocked()
+	fw.loadMu.Unlock()
+	return func() {
+		fw.loadMu.Lock()
+		fw.loadRegs = slices.DeleteFunc(fw.loadRegs, func(x *loadReportSettings) bool { return x == r })
+		fw.applyLoadReportLocked()
+		fw.loadMu.Unlock()
+	}
+}
+
+// applyLoadReportLocked hands the settings in force to the publisher.
+func (fw *follower) applyLoadReportLocked() {
+	s := loadReportSettings{off: true}
+	if n := len(fw.loadRegs); n > 0 {
+		s = *fw.loadRegs[n-1]
+	}
 	fw.loadCfg.Store(&s)
 	select {
 	case fw.loadWake <- struct{}{}:

@@ -3,6 +3,8 @@ package caddymodule
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -155,4 +157,53 @@ func TestLoadReportSurvivesALostLeaseAndFollowsReloads(t *testing.T) {
 	if resp, err := e.cli.Get(ctx2, layout.LoadPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
 		t.Fatalf("load keys with load_report off: %v %v", resp, err)
 	}
+}
+
+// A reload that fails leaves the running config's load report in force:
+// the failed config's handlers registered their settings when they were
+// provisioned and take them back when Caddy cleans them up.
+func TestLoadReportOfAFailedReloadIsTakenBack(t *testing.T) {
+	e := setupWith(t, extraConfig{proxyBlock: "load_report 300ms caddy@first"})
+	testutil.Eventually(t, 10*time.Second, "the first report", func() bool {
+		_, l, _ := e.loadReport("caddy@first")
+		return l != 0
+	})
+	busy, err := net.Listen("tcp", "127.0.0.1:0") // the new config's extra site cannot listen: the load fails
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	e.extra.proxyBlock = "load_report 300ms caddy@second"
+	cfg := e.config() + fmt.Sprintf("127.0.0.1:%d {\n\trespond \"x\"\n}\n", busy.Addr().(*net.TCPAddr).Port)
+	resp, err := http.Post(fmt.Sprintf("http://localhost:%d/load", adminPort), "text/caddyfile", strings.NewReader(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Fatalf("the config with a site on a busy port loaded: %s", body)
+	}
+	testutil.Eventually(t, 5*time.Second, "caddy@first reported again, caddy@second gone", func() bool {
+		r, _, first := e.loadReport("caddy@first")
+		_, _, second := e.loadReport("caddy@second")
+		return first && !second && time.Since(r.At) < time.Second
+	})
+}
+
+// A config that keeps the operator site (and so the follower) but drops
+// dtable_bucket_proxy stops the load report: its key goes.
+func TestLoadReportStopsWithoutAProxyHandler(t *testing.T) {
+	e := setupWith(t, extraConfig{proxyBlock: "load_report 300ms caddy@first"})
+	testutil.Eventually(t, 10*time.Second, "the first report", func() bool {
+		_, l, _ := e.loadReport("caddy@first")
+		return l != 0
+	})
+	eps := strings.Join(e.etcd.Endpoints(), " ")
+	e.tester.InitServer(fmt.Sprintf("{\n\tadmin localhost:%d\n\thttp_port %d\n\thttps_port %d\n\tauto_https off\n\tskip_install_trust\n}\n"+
+		":%d {\n\tdtable_cluster_admin {\n\t\tetcd %s\n\t}\n}\n", adminPort, httpPort, httpsPort, siteAdminPort, eps), "caddyfile")
+	testutil.Eventually(t, 3*time.Second, "the load key revoked", func() bool {
+		_, _, ok := e.loadReport("caddy@first")
+		return !ok
+	})
 }
