@@ -466,7 +466,10 @@ func (rw *retryWriter) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	n, err := rw.w.Write(p)
-	if rw.load != nil {
+	// A WebSocket's frames are not counted (its open count stands in for
+	// them): over HTTP/1.1 they bypass this writer (hijacked), over HTTP/2
+	// and 3 (extended CONNECT) the owner's frames come through it.
+	if rw.load != nil && !rw.streamOpen {
 		rw.load.bytesOut.Add(uint64(n))
 	}
 	return n, err
