@@ -32,7 +32,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"debug/elf"
 	"flag"
 	"fmt"
@@ -49,12 +48,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
-
-	"github.com/dtablecluster/dtable-router/internal/embedetcd"
-	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
 type instrOptions struct {
@@ -446,42 +439,6 @@ func waitUp(u string, exited <-chan struct{}, timeout time.Duration) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-}
-
-// startAssignedEtcd starts an embedded etcd with three nodes (the
-// backends) and the 256 buckets spread over them in turn, as run does.
-func startAssignedEtcd(dir string, backends []*backend) (string, func(), error) {
-	srv, etcdURL, err := embedetcd.Start(dir, "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, Logger: zap.NewNop()})
-	if err != nil {
-		srv.Close()
-		return "", nil, err
-	}
-	defer cli.Close()
-	layout, _ := schema.NewLayout("")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	a := &schema.Assignment{Version: 1}
-	for i, b := range backends {
-		id := fmt.Sprintf("n%d", i+1)
-		n := schema.Node{NodeID: id, NodeURL: "http://" + id + "/", LocalNodeURL: "http://" + b.addr + "/"}
-		if _, err := cli.Put(ctx, layout.NodeKey(id), string(n.Encode())); err != nil {
-			srv.Close()
-			return "", nil, err
-		}
-	}
-	for b := range a.Owners {
-		a.Owners[b] = fmt.Sprintf("n%d", b%len(backends)+1)
-	}
-	a.NextEpochs(nil)
-	if _, err := cli.Put(ctx, layout.AssignmentKey(), string(a.Encode())); err != nil {
-		srv.Close()
-		return "", nil, err
-	}
-	return etcdURL, func() { srv.Close() }, nil
 }
 
 // printSelfDiff prints, per request, the self cost (instructions executed

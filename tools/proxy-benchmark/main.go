@@ -182,34 +182,11 @@ func run(caddyBin string, duration time.Duration, rounds int, conns []int, threa
 	}
 
 	// etcd: three nodes, the 256 buckets spread over them in turn.
-	etcdServer, etcdURL, err := embedetcd.Start(filepath.Join(dir, "etcd"), "127.0.0.1:0")
+	etcdURL, stopEtcd, err := startAssignedEtcd(filepath.Join(dir, "etcd"), backends)
 	if err != nil {
 		return err
 	}
-	defer etcdServer.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, Logger: zap.NewNop()})
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	layout, _ := schema.NewLayout("")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	a := &schema.Assignment{Version: 1}
-	for i, b := range backends {
-		id := fmt.Sprintf("n%d", i+1)
-		n := schema.Node{NodeID: id, NodeURL: "http://" + id + "/", LocalNodeURL: "http://" + b.addr + "/"}
-		if _, err := cli.Put(ctx, layout.NodeKey(id), string(n.Encode())); err != nil {
-			return err
-		}
-	}
-	for b := range a.Owners {
-		a.Owners[b] = fmt.Sprintf("n%d", b%len(backends)+1)
-	}
-	a.NextEpochs(nil)
-	if _, err := cli.Put(ctx, layout.AssignmentKey(), string(a.Encode())); err != nil {
-		return err
-	}
+	defer stopEtcd()
 
 	// Go httputil.ReverseProxy, in this process, round-robin.
 	var addrs []string
@@ -740,4 +717,41 @@ func fmtDur(d time.Duration) string {
 		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
 	}
 	return fmt.Sprintf("%d µs", d/time.Microsecond)
+}
+
+// startAssignedEtcd starts an embedded etcd with three nodes (the
+// backends) and the 256 buckets spread over them in turn, for run and
+// for the instruction counts.
+func startAssignedEtcd(dir string, backends []*backend) (string, func(), error) {
+	srv, etcdURL, err := embedetcd.Start(dir, "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, Logger: zap.NewNop()})
+	if err != nil {
+		srv.Close()
+		return "", nil, err
+	}
+	defer cli.Close()
+	layout, _ := schema.NewLayout("")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a := &schema.Assignment{Version: 1}
+	for i, b := range backends {
+		id := fmt.Sprintf("n%d", i+1)
+		n := schema.Node{NodeID: id, NodeURL: "http://" + id + "/", LocalNodeURL: "http://" + b.addr + "/"}
+		if _, err := cli.Put(ctx, layout.NodeKey(id), string(n.Encode())); err != nil {
+			srv.Close()
+			return "", nil, err
+		}
+	}
+	for b := range a.Owners {
+		a.Owners[b] = fmt.Sprintf("n%d", b%len(backends)+1)
+	}
+	a.NextEpochs(nil)
+	if _, err := cli.Put(ctx, layout.AssignmentKey(), string(a.Encode())); err != nil {
+		srv.Close()
+		return "", nil, err
+	}
+	return etcdURL, func() { srv.Close() }, nil
 }
