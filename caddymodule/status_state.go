@@ -52,8 +52,8 @@ type liveBucket struct {
 
 // liveStateKey changes whenever the state a viewer sees does: a new
 // snapshot (every etcd change, the routing table's time with it), another
-// leader, etcd connection or error, a new move event, a new read of the
-// load reports.
+// leader, etcd connection or error, a new move event, a changed load
+// report.
 type liveStateKey struct {
 	table      *routeTable
 	leader     string
@@ -61,7 +61,7 @@ type liveStateKey struct {
 	connected  bool
 	lastError  string
 	movesTotal uint64
-	loadRev    int64 // the load reports' read revision
+	loads      loadVersion
 }
 
 // loadCacheAge is how long the status page's view of the load reports
@@ -77,28 +77,39 @@ var loadCacheAge = 5 * time.Second
 // every loadCacheAge and only while someone watches: the reports are not
 // in the watcher's snapshots (a load-only change must not wake routing).
 type loadCache struct {
-	loads map[bucket.Bucket]float64 // nil: no valid report
-	rev   int64                     // etcd revision of the last read, for liveStateKey
-	at    time.Time
+	loads   map[bucket.Bucket]float64 // nil: no valid report
+	version loadVersion               // of the reports read, for liveStateKey
+	at      time.Time
+}
+
+// loadVersion changes when the set of load reports does: a report written
+// raises the newest mod revision, one deleted lowers the count. (etcd's
+// own revision would change with any write anywhere, and resend the
+// page's state on every read.)
+type loadVersion struct {
+	newest  int64
+	reports int
 }
 
 // get returns each bucket's load, or nil when no proxy reports any (the
-// page then shows none), and the revision it was read at. An invalid
+// page then shows none), and the version of the reports. An invalid
 // report is left out, as the monitor leaves it out; an unreachable etcd
 // keeps the last view.
-func (c *loadCache) get(fw *follower) (map[bucket.Bucket]float64, int64) {
+func (c *loadCache) get(fw *follower) (map[bucket.Bucket]float64, loadVersion) {
 	if !c.at.IsZero() && time.Since(c.at) < loadCacheAge {
-		return c.loads, c.rev
+		return c.loads, c.version
 	}
 	c.at = time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	resp, err := fw.cli.Get(ctx, fw.layout.LoadPrefix(), clientv3.WithPrefix())
 	if err != nil {
-		return c.loads, c.rev
+		return c.loads, c.version
 	}
 	var loads map[bucket.Bucket]float64
+	version := loadVersion{reports: len(resp.Kvs)}
 	for _, kv := range resp.Kvs {
+		version.newest = max(version.newest, kv.ModRevision)
 		id, ok := fw.layout.ProxyIDFromLoadKey(string(kv.Key))
 		if !ok {
 			continue
@@ -114,8 +125,8 @@ func (c *loadCache) get(fw *follower) (map[bucket.Bucket]float64, int64) {
 			loads[b] += l.Score(schema.DefaultLoadWSWeight, schema.DefaultLoadBytesPerUnit)
 		}
 	}
-	c.loads, c.rev = loads, resp.Header.Revision
-	return c.loads, c.rev
+	c.loads, c.version = loads, version
+	return c.loads, c.version
 }
 
 // leaderCacheAge is how long the status page's view of the leading
@@ -158,7 +169,7 @@ func (fw *follower) liveState() (any, []byte) {
 		Etcd: fw.endpoints, EtcdConnected: st.Connected, LastContact: st.LastContact, LastError: st.LastError,
 		TableBuiltAt: t.builtAt, RecentMoves: moves, MovesSeenSince: fw.moves.since}
 	s.Leader = leader
-	loads, loadRev := fw.loads.get(fw)
+	loads, loadsVersion := fw.loads.get(fw)
 	s.Buckets = liveBuckets(snap, loads)
 	s.Nodes = liveNodes(s.Status.Nodes, snap, loads)
 	data, err := json.Marshal(s)
@@ -166,7 +177,7 @@ func (fw *follower) liveState() (any, []byte) {
 		data, _ = json.Marshal(map[string]string{"error": err.Error()})
 	}
 	return liveStateKey{table: t, leader: leader, leaderErr: leaderErr, connected: st.Connected,
-		lastError: st.LastError, movesTotal: total, loadRev: loadRev}, data
+		lastError: st.LastError, movesTotal: total, loads: loadsVersion}, data
 }
 
 func liveBuckets(snap *watch.Snapshot, loads map[bucket.Bucket]float64) []liveBucket {
