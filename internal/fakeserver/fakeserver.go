@@ -6,8 +6,9 @@
 // It also implements the server side of docs/server-contract.md, so tests
 // can prove that no two servers hold one bucket at once: it takes the
 // registrar's notifications (protocol 1 and 2) at NotifyPath, holds the
-// buckets it is given at their epochs, marks bases dirty on writes, saves
-// (SaveDelay) and unloads on a release, fences at its deadline, and, in
+// buckets it is given at their epochs, marks bases dirty on writes (each
+// base of a bucket on its own), saves (SaveDelay, if any base of the
+// bucket is dirty) and unloads on a release, fences at its deadline, and, in
 // strict mode, answers 421 to a request for a bucket it does not hold at
 // the request's epoch. Every hold and every served request is logged with
 // its bucket, epoch and times (Log, and GET LogPath as JSON).
@@ -51,7 +52,8 @@ type Config struct {
 	// Strict serves only buckets held at the request's epoch (the server
 	// contract); otherwise every request is served (and still logged).
 	Strict bool
-	// SaveDelay is how long saving a dirty bucket takes on release.
+	// SaveDelay is how long saving takes on release, when any base of the
+	// bucket is dirty (the bases are saved together).
 	SaveDelay time.Duration
 	// RefuseRelease makes the server answer 503 to a notification that
 	// orders a release, and keep serving the buckets: a server that never
@@ -70,6 +72,8 @@ type Interval struct {
 	Start  time.Time `json:"start"`
 	End    time.Time `json:"end"`
 	How    string    `json:"how,omitempty"` // for a hold: released, fenced, dropped
+	// Saved is, for a released hold, how many dirty bases were saved.
+	Saved int `json:"saved,omitempty"`
 }
 
 // Server is a stand-in dtable-server; it is an http.Handler.
@@ -102,7 +106,7 @@ type holding struct {
 	name      string // the bucket
 	epoch     int64
 	releasing bool
-	dirty     bool
+	dirty     map[string]bool // bases written since loaded ("": a write naming no base)
 	inflight  int
 	logIndex  int // its "hold" entry in the log
 	sockets   map[*websocket.Conn]struct{}
@@ -131,7 +135,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(s.Log())
 		return
 	}
-	b := requestBucket(r)
+	b, base := requestBucket(r)
 	epoch, _ := strconv.ParseInt(r.Header.Get(contract.HeaderBucketEpoch), 10, 64)
 	entry, h, refusal := s.begin(b, epoch)
 	if refusal != nil {
@@ -147,7 +151,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if h != nil && r.Method != http.MethodGet && r.Method != http.MethodHead {
 		s.mu.Lock()
-		h.dirty = true
+		h.dirty[base] = true
 		s.mu.Unlock()
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -243,23 +247,28 @@ func (s *Server) echo(w http.ResponseWriter, r *http.Request, h *holding) {
 	}
 }
 
-// requestBucket finds the base a request names: the proxy's bucket header,
-// else the first path segment or dtable_uuid parameter that is a UUID.
-func requestBucket(r *http.Request) *bucket.Bucket {
+// requestBucket finds the bucket a request is for: the proxy's bucket
+// header, else the base's; and the base: the first path segment or
+// dtable_uuid parameter that is a UUID, in one form whatever its case and
+// dashes ("" if none is).
+func requestBucket(r *http.Request) (*bucket.Bucket, string) {
+	var b *bucket.Bucket
 	if v := r.Header.Get(contract.HeaderBucket); v != "" {
-		if b, err := bucket.Parse(v); err == nil {
-			return &b
+		if hb, err := bucket.Parse(v); err == nil {
+			b = &hb
 		}
 	}
-	for _, seg := range strings.Split(r.URL.Path, "/") {
-		if b, err := bucket.FromUUID(seg); err == nil {
-			return &b
+	base := ""
+	for _, seg := range append(strings.Split(r.URL.Path, "/"), r.URL.Query().Get("dtable_uuid")) {
+		if ub, err := bucket.FromUUID(seg); err == nil {
+			base = strings.ToLower(strings.ReplaceAll(seg, "-", ""))
+			if b == nil {
+				b = &ub
+			}
+			break
 		}
 	}
-	if b, err := bucket.FromUUID(r.URL.Query().Get("dtable_uuid")); err == nil {
-		return &b
-	}
-	return nil
+	return b, base
 }
 
 // Log returns a copy of the log: holds and served requests, in order of start.
@@ -406,7 +415,7 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 // acquire starts holding a bucket; s.mu is held.
 func (s *Server) acquire(name string, epoch int64) {
 	s.log = append(s.log, Interval{Server: s.cfg.Name, Kind: "hold", Bucket: name, Epoch: epoch, Start: time.Now()})
-	s.held[name] = &holding{name: name, epoch: epoch, logIndex: len(s.log) - 1, done: make(chan struct{})}
+	s.held[name] = &holding{name: name, epoch: epoch, logIndex: len(s.log) - 1, dirty: map[string]bool{}, done: make(chan struct{})}
 }
 
 // release gives up one bucket: new requests are already refused; close its
@@ -426,9 +435,9 @@ func (s *Server) release(h *holding) {
 	for h.inflight > 0 {
 		s.changed.Wait()
 	}
-	dirty := h.dirty
+	dirty := len(h.dirty)
 	s.mu.Unlock()
-	if dirty {
+	if dirty > 0 {
 		time.Sleep(s.cfg.SaveDelay)
 	}
 	s.mu.Lock()
@@ -437,6 +446,7 @@ func (s *Server) release(h *holding) {
 		return // fenced meanwhile: closed as "fenced", nothing saved
 	}
 	s.closeHold(name, h, "released")
+	s.log[h.logIndex].Saved = dirty
 	if epoch, ok := s.wanted[name]; ok && s.canAcquire {
 		s.acquire(name, epoch)
 	}

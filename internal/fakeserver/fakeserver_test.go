@@ -177,6 +177,10 @@ func TestOverlaps(t *testing.T) {
 			[]Interval{{Server: "b", Kind: "serve", Bucket: "0d", Start: at(5), End: at(20)}}, 0},
 		{"overlapping requests", []Interval{{Server: "a", Kind: "serve", Bucket: "0c", Start: at(0), End: at(10)}, {Server: "a", Kind: "serve", Bucket: "0c", Start: at(1), End: at(2)}},
 			[]Interval{{Server: "b", Kind: "serve", Bucket: "0c", Start: at(9), End: at(20)}}, 1},
+		{"a request served while another server holds the bucket", []Interval{{Server: "a", Kind: "hold", Bucket: "0c", Start: at(0), End: at(10)}},
+			[]Interval{{Server: "b", Kind: "serve", Bucket: "0c", Start: at(9), End: at(11)}}, 1},
+		{"a request served after the other server's hold ended", []Interval{{Server: "a", Kind: "hold", Bucket: "0c", Start: at(0), End: at(10)}},
+			[]Interval{{Server: "b", Kind: "serve", Bucket: "0c", Start: at(11), End: at(12)}}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := Overlaps(tc.a, tc.b); len(got) != tc.want {
@@ -252,6 +256,34 @@ func TestStrictServerEdgeCases(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 			notify(t, url, hold(3)) // aborted: hold it again
 			testutil.Eventually(t, 2*time.Second, "held again after the save", func() bool { return s.Held()["0c"] == 3 })
+		}},
+		{"each base is dirty on its own; the release saves them together", func(t *testing.T, s *Server, url string) {
+			notify(t, url, hold(1))
+			other := "0c000000-0000-4000-8000-000000000000" // another base of bucket 0c
+			for _, path := range []string{"/dtables/" + uuid0c + "/rows/", "/dtables/" + strings.ToUpper(uuid0c) + "/", "/dtables/" + other + "/", "/api/?dtable_uuid=" + other} {
+				resp, err := http.Post(url+path, "text/plain", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+			}
+			code, took := notify(t, url, release(2))
+			var saved []int
+			for _, iv := range s.Log() {
+				if iv.Kind == "hold" {
+					saved = append(saved, iv.Saved)
+				}
+			}
+			if code != 204 || took < 300*time.Millisecond || fmt.Sprint(saved) != "[2]" {
+				t.Fatalf("release answered %d after %v (the save takes 300ms); bases saved per hold %v, want [2]", code, took, saved)
+			}
+		}},
+		{"a bucket only read is released without saving", func(t *testing.T, s *Server, url string) {
+			notify(t, url, hold(1))
+			request(t, "GET", url, "3")
+			if code, took := notify(t, url, release(2)); code != 204 || took >= 300*time.Millisecond {
+				t.Fatalf("release answered %d after %v: a clean bucket has nothing to save", code, took)
+			}
 		}},
 		{"another epoch drops the stale copy and loads it again", func(t *testing.T, s *Server, url string) {
 			notify(t, url, hold(1))

@@ -8,7 +8,9 @@ import (
 
 // Overlaps checks the logs of several servers for the safety rule: no two
 // servers hold one bucket, or serve a request for it, at overlapping
-// instants. It returns one line per violation (none: safe). An interval
+// instants. Holds and requests are compared with each other too: a
+// request one server served while another held the bucket is as unsafe as
+// two holds. It returns one line per violation (none: safe). An interval
 // that has not ended counts as lasting until now. The servers must share
 // a clock (run in one process), as the tests do.
 func Overlaps(logs ...[]Interval) []string {
@@ -17,7 +19,7 @@ func Overlaps(logs ...[]Interval) []string {
 		Interval
 		end time.Time
 	}
-	byKey := map[string][]span{} // kind/bucket -> spans
+	byKey := map[string][]span{} // bucket -> spans of both kinds
 	for _, log := range logs {
 		for _, iv := range log {
 			if iv.Kind != "hold" && iv.Kind != "serve" || iv.Bucket == "" {
@@ -27,7 +29,7 @@ func Overlaps(logs ...[]Interval) []string {
 			if end.IsZero() {
 				end = now
 			}
-			byKey[iv.Kind+" "+iv.Bucket] = append(byKey[iv.Kind+" "+iv.Bucket], span{iv, end})
+			byKey[iv.Bucket] = append(byKey[iv.Bucket], span{iv, end})
 		}
 	}
 	var out []string
@@ -39,8 +41,8 @@ func Overlaps(logs ...[]Interval) []string {
 		for _, sp := range spans {
 			for srv, prev := range latest {
 				if srv != sp.Server && sp.Start.Before(prev.end) {
-					out = append(out, fmt.Sprintf("%s: %s [%s, %s] overlaps %s [%s, %s]", key,
-						prev.Server, stamp(prev.Start), stamp(prev.end), sp.Server, stamp(sp.Start), stamp(sp.end)))
+					out = append(out, fmt.Sprintf("bucket %s: %s %s [%s, %s] overlaps %s %s [%s, %s]", key,
+						prev.Server, prev.Kind, stamp(prev.Start), stamp(prev.end), sp.Server, sp.Kind, stamp(sp.Start), stamp(sp.end)))
 				}
 			}
 			if cur, ok := latest[sp.Server]; !ok || sp.end.After(cur.end) {
