@@ -360,6 +360,11 @@ func (l *load) reportExcept(t *testing.T, excused []bucket.Bucket) {
 	}
 	failed := l.failed.Load() - excusedFailed
 	t.Logf("load: %d requests, %d failed (%d of them for the %d buckets allowed to fail)", l.sent.Load(), l.failed.Load(), excusedFailed, len(excused))
+	if failed == 0 && excusedFailed > 0 {
+		l.mu.Lock()
+		t.Logf("first failures: %v", l.failures)
+		l.mu.Unlock()
+	}
 	if failed > 0 {
 		t.Errorf("%d of %d requests failed; first: %v", failed, l.sent.Load(), l.failures)
 	}

@@ -146,15 +146,19 @@ func TestCrashedServerBucketsServedAgainWithinTTL(t *testing.T) {
 	stopProbes()
 	time.Sleep(500 * time.Millisecond) // load after the reassignment
 	stop()
+	// When etcd expired the lease: a late bucket after a late expiry is
+	// etcd's delay (its lessor checks every 500 ms), not the router's.
+	keyGone := "not seen"
 	if gone, ok := keys.deletion(layout.NodeKey("s3")); ok {
-		t.Logf("etcd deleted s3's key %v after the kill", gone.at.Sub(killedAt).Round(time.Millisecond))
+		keyGone = gone.at.Sub(killedAt).Round(time.Millisecond).String()
 	}
+	t.Logf("etcd deleted s3's key %s after the kill", keyGone)
 	var took []time.Duration
 	for _, b := range owned {
 		d := servedAt[b].Sub(killedAt)
 		took = append(took, d)
 		if d > ttl+time.Second {
-			t.Errorf("bucket %s served again %v after the kill; want within TTL + 1s = %v", b, d.Round(time.Millisecond), ttl+time.Second)
+			t.Errorf("bucket %s served again %v after the kill (etcd deleted the key after %s); want within TTL + 1s = %v", b, d.Round(time.Millisecond), keyGone, ttl+time.Second)
 		}
 	}
 	t.Logf("all %d buckets of s3 served again after the kill (TTL %v): %s", len(owned), ttl, spread(took))
