@@ -317,7 +317,9 @@ func startLoad(t *testing.T, workers int, max int64) (*load, func()) {
 				l.sent.Add(1)
 				start := time.Now()
 				resp, err := client.Do(req)
+				var body []byte // a failure's answer names its reason
 				if err == nil {
+					body, _ = io.ReadAll(io.LimitReader(resp.Body, 200))
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 				}
@@ -331,7 +333,7 @@ func startLoad(t *testing.T, workers int, max int64) (*load, func()) {
 					if len(l.failures) < 10 {
 						msg := fmt.Sprint(err)
 						if err == nil {
-							msg = fmt.Sprintf("%s %s: %d", method, b, resp.StatusCode)
+							msg = fmt.Sprintf("%s %s: %d %s", method, b, resp.StatusCode, strings.TrimSpace(string(body)))
 						}
 						l.failures = append(l.failures, time.Now().Format("15:04:05.000")+" "+msg)
 					}
