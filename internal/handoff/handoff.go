@@ -235,7 +235,7 @@ func (a *advance) startAtRest(b bucket.Bucket) {
 	lim := a.in.Limit
 	if a.in.Hold[b] || a.aborted[b] || len(a.next.Moving) >= lim.MaxMoving ||
 		a.load[owner] >= lim.MaxMovingPerNode || a.load[target] >= lim.MaxMovingPerNode {
-		a.setQueued(b, schema.QueuedMove{To: target, Reason: mv.Reason})
+		a.setQueued(b, schema.QueuedMove{To: target, Reason: mv.Reason, AbortedVersion: a.abortedVersion(b)})
 		a.st.Queued = append(a.st.Queued, mv)
 		return
 	}
@@ -247,6 +247,18 @@ func (a *advance) startAtRest(b bucket.Bucket) {
 	a.load[owner]++
 	a.load[target]++
 	a.st.Started = append(a.st.Started, mv)
+}
+
+// abortedVersion is the version that aborted b's last handoff for want of
+// a release, for b's queued entry: this step's if it aborts it now, else
+// the one b was queued with (0: none). A new handoff of b drops it.
+func (a *advance) abortedVersion(b bucket.Bucket) int64 {
+	for _, mv := range a.st.Aborted {
+		if mv.Bucket == b && mv.Reason == ReasonTimeout {
+			return a.cur.Version + 1
+		}
+	}
+	return a.cur.Queued[b].AbortedVersion
 }
 
 func (a *advance) setQueued(b bucket.Bucket, q schema.QueuedMove) {
