@@ -336,6 +336,12 @@ func describeHandoff(resp *monitorapi.Response, d *decision, lim handoff.Limits)
 	st := d.step
 	resp.Direct, resp.Started, resp.Queued = st.Direct, st.Started, st.Queued
 	resp.Waves = waves(append(slices.Clone(st.Started), st.Queued...), lim)
+	if resp.Waves > 0 {
+		// A wave ends when its slowest release does (a server's save,
+		// unknown here), and a release slower than the timeout aborts:
+		// the timeout bounds each wave, not its typical length.
+		resp.WavesWithin = (time.Duration(resp.Waves) * lim.Timeout).String()
+	}
 }
 
 // waves estimates how many rounds of handoffs moves need under the limits.
