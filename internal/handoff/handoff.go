@@ -12,7 +12,9 @@
 //	MOVING(a->b) -> STABLE(b)  on a release acknowledgement {from a, epoch} (commit)
 //	MOVING(a->b) -> STABLE(b)  when a is gone: its lease ended, and it fenced itself before that
 //	MOVING(a->b) -> MOVING(a->c) when the target changes (b died, or the plan changed)
-//	MOVING(a->b) -> STABLE(a)  after the timeout while a lives, or when the plan wants a again (abort)
+//	MOVING(a->b) -> STABLE(a)  after the timeout while a lives, or when the plan wants a again (abort);
+//	                           after the timeout the bucket is QUEUED(b) with aborted_version set (this
+//	                           step's version) while it rests, so a caller waiting for the move sees it ended
 //	STABLE(a) -> STABLE(b)     at once when a is gone or the bucket is unassigned (nobody to hand off)
 //
 // "Gone" means not in Input.Live. Only a node whose lease ended is gone: a
