@@ -264,18 +264,18 @@ func status(ctx context.Context, c common, cli *clientv3.Client, log *zap.Logger
 // printWaves says how the handoffs proceed: how many start now, how many
 // wait for a slot, in how many waves and within how long at most.
 func printWaves(w io.Writer, r *monitorapi.Response) {
+	moved, start := "moved", "start"
+	if r.DryRun {
+		moved, start = "would move", "would start"
+	}
 	if len(r.Direct) > 0 {
-		fmt.Fprintf(w, "%d bucket(s) moved at once (no live old owner to hand off from)\n", len(r.Direct))
+		fmt.Fprintf(w, "%d bucket(s) %s at once (no live old owner to hand off from)\n", len(r.Direct), moved)
 	}
 	n := len(r.Started) + len(r.Queued)
 	if n == 0 {
 		return
 	}
-	verb := "start now"
-	if r.DryRun {
-		verb = "would start now"
-	}
-	fmt.Fprintf(w, "%d handoff(s): %d %s, %d wait for a slot; about %d wave(s)", n, len(r.Started), verb, len(r.Queued), r.Waves)
+	fmt.Fprintf(w, "%d handoff(s): %d %s now, %d wait for a slot; about %d wave(s)", n, len(r.Started), start, len(r.Queued), r.Waves)
 	if r.WavesWithin != "" {
 		fmt.Fprintf(w, ", at most about %s: each wave lasts as long as its slowest release (usually a server's save) and no longer than the handoff timeout", r.WavesWithin)
 	}
