@@ -119,7 +119,10 @@ func (inv *invocation) run(ctx context.Context, stdout, stderr io.Writer) error 
 	}
 	if waiting {
 		if !inv.asJSON {
-			fmt.Fprintf(stdout, "waiting up to %v for %d handoff(s) (about %d wave(s))...\n", inv.wait, len(resp.Started)+len(resp.Queued), resp.Waves)
+			fmt.Fprintf(stdout, "waiting up to %v for them...\n", inv.wait)
+			if within, err := time.ParseDuration(resp.WavesWithin); err == nil && within > inv.wait {
+				fmt.Fprintln(stdout, "(the waves may take longer than -wait: the moves go on after it, and are reported still in progress)")
+			}
 		}
 		// The wait has its own bound; -timeout was for the request.
 		resp.Outcome = waitHandoffs(context.WithoutCancel(ctx), cli, inv.c.layout, resp, inv.wait, 200*time.Millisecond)
@@ -258,6 +261,27 @@ func status(ctx context.Context, c common, cli *clientv3.Client, log *zap.Logger
 	return nil
 }
 
+// printWaves says how the handoffs proceed: how many start now, how many
+// wait for a slot, in how many waves and within how long at most.
+func printWaves(w io.Writer, r *monitorapi.Response) {
+	moved, start := "moved", "start"
+	if r.DryRun {
+		moved, start = "would move", "would start"
+	}
+	if len(r.Direct) > 0 {
+		fmt.Fprintf(w, "%d bucket(s) %s at once (no live old owner to hand off from)\n", len(r.Direct), moved)
+	}
+	n := len(r.Started) + len(r.Queued)
+	if n == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%d handoff(s): %d %s now, %d wait for a slot; about %d wave(s)", n, len(r.Started), start, len(r.Queued), r.Waves)
+	if r.WavesWithin != "" {
+		fmt.Fprintf(w, ", at most about %s: each wave lasts as long as its slowest release (usually a server's save) and no longer than the handoff timeout", r.WavesWithin)
+	}
+	fmt.Fprintln(w)
+}
+
 func listOrNone(l []string) string {
 	if len(l) == 0 {
 		return "none"
@@ -293,6 +317,7 @@ func printResponse(w io.Writer, what string, r *monitorapi.Response) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\n", n, r.Counts[n], r.MovesPerNode[n].Gained, r.MovesPerNode[n].Lost)
 	}
 	tw.Flush()
+	printWaves(w, r)
 	printLoad(w, r.Load)
 	for _, warn := range r.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
+	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/statusview"
@@ -225,5 +226,36 @@ func TestCLIWithoutMonitorAndStatus(t *testing.T) {
 	stdout, _, code = runCapture("status", etcd)
 	if code != 0 || !strings.Contains(stdout, "leader: mon-a") {
 		t.Fatalf("status with a monitor:\n%s", stdout)
+	}
+}
+
+// TestRebalanceAnswerSaysWavesAndWhen: a rebalance that gives a joining
+// third node its 85 buckets answers, in text and JSON, how many handoffs
+// start and wait, in how many waves, and within how long at most (waves
+// times the leader's -handoff-timeout).
+func TestRebalanceAnswerSaysWavesAndWhen(t *testing.T) {
+	c := etcdtest.Start(t)
+	cli := c.Client(t)
+	registerNode(t, cli, "n1")
+	registerNode(t, cli, "n3")
+	startMonitor(t, c, "mon-a", nil, func(m *monitor) {
+		m.limits = handoff.Limits{MaxMoving: 16, MaxMovingPerNode: 8, Timeout: 90 * time.Second}
+	})
+	waitAssignment(t, cli, "assigned", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
+	registerNode(t, cli, "n2") // joins; auto-rebalance is off
+	etcd := "-etcd=" + strings.Join(c.Endpoints(), ",")
+
+	stdout, stderr, code := runCapture("rebalance", etcd, "-dry-run")
+	want := "85 handoff(s): 8 would start now, 77 wait for a slot; about 11 wave(s), at most about 16m30s: each wave lasts"
+	if code != 0 || !strings.Contains(stdout, want) {
+		t.Fatalf("rebalance -dry-run: exit %d, want %q in\n%s%s", code, want, stdout, stderr)
+	}
+	stdout, stderr, code = runCapture("rebalance", etcd, "-dry-run", "-json")
+	var resp monitorapi.Response
+	if err := json.Unmarshal([]byte(stdout), &resp); err != nil || code != 0 {
+		t.Fatalf("rebalance -dry-run -json: exit %d, %v\n%s%s", code, err, stdout, stderr)
+	}
+	if resp.Waves != 11 || resp.WavesWithin != "16m30s" {
+		t.Fatalf("waves %d within %q; want 11 within 16m30s", resp.Waves, resp.WavesWithin)
 	}
 }

@@ -62,25 +62,12 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 		return nil, err
 	}
 	live := slices.Sorted(maps.Keys(snap.Nodes))
-	planSettings := settings.Clone()
-	for _, id := range live {
-		if snap.Nodes[id].Leaving() && !planSettings.IsDrained(id) {
-			planSettings.Drained = append(planSettings.Drained, id)
-		}
-	}
-	var effective *schema.Assignment
-	if cur != nil {
-		effective = cur.Clone()
-		for b := range bucket.Count {
-			effective.Owners[b] = cur.Effective(bucket.Bucket(b))
-		}
-		effective.Moving, effective.Queued = nil, nil
-	}
+	planSettings := leavingAsDrained(snap, settings)
 	// Held nodes are not live to the planner, so they get nothing new; it
 	// plans their buckets away, and keepHeld takes that back. (Their
 	// buckets count as moved for its balance: the plan may be a little
 	// uneven while a node is held.)
-	plan, err := planner.Compute(planner.Input{Current: effective, Live: live, Settings: planSettings, Rebalance: rebalance})
+	plan, err := planner.Compute(planner.Input{Current: effectiveOwners(cur), Live: live, Settings: planSettings, Rebalance: rebalance})
 	noEligible := errors.Is(err, planner.ErrNoEligibleNode)
 	if err != nil && (!noEligible || cur == nil) {
 		return nil, err
@@ -90,6 +77,58 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 		base = &schema.Assignment{}
 	}
 	now := time.Now()
+	hold := m.cooldownHolds(now)
+	tg := targets{reasons: map[bucket.Bucket]string{}}
+	if noEligible {
+		tg.keepMoves(plan, base)
+	} else if err := m.planTargets(&tg, mode, plan, base, unreg.held, hold, live, planSettings, now); err != nil {
+		return nil, err
+	}
+	handoffLive := liveSet(live)
+	for id := range unreg.held {
+		handoffLive[id] = true
+	}
+	st := handoff.Advance(handoff.Input{
+		Current: base, Live: handoffLive, Released: releasedIn(snap), Target: tg.owners, Reasons: tg.reasons,
+		Hold: hold, Now: now, Limit: m.limits,
+	})
+	d := &decision{plan: plan, step: st, wake: unreg.wake, load: tg.load, abortedLoad: abortedLoadMoves(base, st)}
+	m.consumeReleases(d, snap)
+	if st.Changed() || write || cur == nil {
+		m.guardAndStamp(d, snap, cur, base, now)
+	}
+	return d, err
+}
+
+// leavingAsDrained returns the settings to plan with: a leaving node
+// counts as drained.
+func leavingAsDrained(snap *watch.Snapshot, settings schema.Settings) schema.Settings {
+	planSettings := settings.Clone()
+	for _, id := range slices.Sorted(maps.Keys(snap.Nodes)) {
+		if snap.Nodes[id].Leaving() && !planSettings.IsDrained(id) {
+			planSettings.Drained = append(planSettings.Drained, id)
+		}
+	}
+	return planSettings
+}
+
+// effectiveOwners is what the planner plans on: cur (nil: none) with the
+// moves in progress and queued counted as done.
+func effectiveOwners(cur *schema.Assignment) *schema.Assignment {
+	if cur == nil {
+		return nil
+	}
+	effective := cur.Clone()
+	for b := range bucket.Count {
+		effective.Owners[b] = cur.Effective(bucket.Bucket(b))
+	}
+	effective.Moving, effective.Queued = nil, nil
+	return effective
+}
+
+// cooldownHolds lists the buckets that rest after an aborted handoff, and
+// forgets the cooldowns that ended.
+func (m *monitor) cooldownHolds(now time.Time) map[bucket.Bucket]bool {
 	hold := map[bucket.Bucket]bool{}
 	for b, until := range m.cooldown {
 		if now.Before(until) {
@@ -98,75 +137,94 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 			delete(m.cooldown, b)
 		}
 	}
-	var target [bucket.Count]string
-	reasons := map[bucket.Bucket]string{}
-	var lp *planner.LoadPlan
-	if noEligible {
-		// No plan: each move in progress keeps its target, nothing starts.
-		plan.Owners, plan.Moves = base.Owners, nil
-		for b, mv := range base.Moving {
-			target[b] = mv.To
-		}
-	} else {
-		keepHeld(plan, base, unreg.held, hold)
-		m.dropAbortedLoadMoves(plan, base)
-		if lp, err = m.planByLoad(mode, plan, base, eligibleNodes(live, planSettings), planSettings, hold, now); err != nil {
-			return nil, err
-		}
-		target = plan.Owners
-		for _, mv := range plan.Moves {
-			reasons[mv.Bucket] = mv.Reason
-		}
+	return hold
+}
+
+// targets are what the handoff step moves towards: an owner per bucket
+// ("" none), why each bucket moves, and the plan by load if any.
+type targets struct {
+	owners  [bucket.Count]string
+	reasons map[bucket.Bucket]string
+	load    *planner.LoadPlan
+}
+
+// keepMoves: with no eligible node there is no plan; each move in progress
+// keeps its target, nothing starts.
+func (tg *targets) keepMoves(plan *planner.Plan, base *schema.Assignment) {
+	plan.Owners, plan.Moves = base.Owners, nil
+	for b, mv := range base.Moving {
+		tg.owners[b] = mv.To
 	}
+}
+
+// planTargets takes the plan's owners as targets, after keeping the held
+// nodes' buckets, dropping the moves by load that aborted, and adding the
+// moves by load of this round (mode).
+func (m *monitor) planTargets(tg *targets, mode loadMode, plan *planner.Plan, base *schema.Assignment, held map[string]string,
+	hold map[bucket.Bucket]bool, live []string, planSettings schema.Settings, now time.Time) error {
+	keepHeld(plan, base, held, hold)
+	m.dropAbortedLoadMoves(plan, base)
+	lp, err := m.planByLoad(mode, plan, base, eligibleNodes(live, planSettings), planSettings, hold, now)
+	if err != nil {
+		return err
+	}
+	tg.load, tg.owners = lp, plan.Owners
+	for _, mv := range plan.Moves {
+		tg.reasons[mv.Bucket] = mv.Reason
+	}
+	return nil
+}
+
+// releasedIn returns the release acknowledgements of the snapshot.
+func releasedIn(snap *watch.Snapshot) map[bucket.Bucket]schema.Released {
 	released := map[bucket.Bucket]schema.Released{}
 	for b, r := range snap.Released {
 		released[b] = r.Released
 	}
-	handoffLive := liveSet(live)
-	for id := range unreg.held {
-		handoffLive[id] = true
-	}
-	st := handoff.Advance(handoff.Input{
-		Current: base, Live: handoffLive, Released: released, Target: target, Reasons: reasons,
-		Hold: hold, Now: now, Limit: m.limits,
-	})
-	d := &decision{plan: plan, step: st, wake: unreg.wake, load: lp, abortedLoad: abortedLoadMoves(base, st)}
-	for _, b := range st.ConsumedReleases {
+	return released
+}
+
+// consumeReleases deletes, in the decision's write, the release keys its
+// step consumed, each only as the snapshot saw it: a newer one (a fresh
+// release the snapshot missed) makes the write fail and plan again.
+func (m *monitor) consumeReleases(d *decision, snap *watch.Snapshot) {
+	for _, b := range d.step.ConsumedReleases {
 		r, ok := snap.Released[b]
 		if !ok {
 			continue // not in the snapshot: nothing to compare, not deleted
 		}
-		// Only the acknowledgement this round saw: a newer one (a fresh
-		// release the snapshot missed) makes the write fail and plan again.
 		key := m.layout.ReleasedKey(b)
 		d.guards = append(d.guards, clientv3.Compare(clientv3.ModRevision(key), "=", r.ModRevision))
 		d.deleteReleased = append(d.deleteReleased, clientv3.OpDelete(key))
 	}
-	if st.Changed() || write || cur == nil {
-		// A node the step treats as gone must still be unregistered when
-		// the step is written: one that registered again since the
-		// snapshot (its key has a create revision) makes the write fail.
-		for _, id := range st.GoneOwners() {
-			d.guards = append(d.guards, clientv3.Compare(clientv3.CreateRevision(m.layout.NodeKey(id)), "=", 0))
-		}
-		// And a node it gives buckets to must still be registered as it was
-		// in the snapshot: one that left (or left and came back) meanwhile
-		// makes the write fail, and the next round plans on the news.
-		for _, id := range st.Receivers() {
-			if rev, ok := snap.NodeCreateRevisions[id]; ok {
-				d.guards = append(d.guards, clientv3.Compare(clientv3.CreateRevision(m.layout.NodeKey(id)), "=", rev))
-			}
-		}
-		d.next = st.Next
-		d.next.Version = base.Version + 1
-		d.next.NextEpochs(cur)
-		if d.next.Extra == nil {
-			d.next.Extra = map[string]json.RawMessage{}
-		}
-		d.next.Extra["updated_by"], _ = json.Marshal(m.id)
-		d.next.Extra["updated_at"], _ = json.Marshal(now.UTC().Format(time.RFC3339))
+}
+
+// guardAndStamp makes the decision write its step: guarded by the nodes it
+// relies on, with the next version, the epochs, and who wrote it when.
+func (m *monitor) guardAndStamp(d *decision, snap *watch.Snapshot, cur, base *schema.Assignment, now time.Time) {
+	st := d.step
+	// A node the step treats as gone must still be unregistered when the
+	// step is written: one that registered again since the snapshot (its
+	// key has a create revision) makes the write fail.
+	for _, id := range st.GoneOwners() {
+		d.guards = append(d.guards, clientv3.Compare(clientv3.CreateRevision(m.layout.NodeKey(id)), "=", 0))
 	}
-	return d, err
+	// And a node it gives buckets to must still be registered as it was
+	// in the snapshot: one that left (or left and came back) meanwhile
+	// makes the write fail, and the next round plans on the news.
+	for _, id := range st.Receivers() {
+		if rev, ok := snap.NodeCreateRevisions[id]; ok {
+			d.guards = append(d.guards, clientv3.Compare(clientv3.CreateRevision(m.layout.NodeKey(id)), "=", rev))
+		}
+	}
+	d.next = st.Next
+	d.next.Version = base.Version + 1
+	d.next.NextEpochs(cur)
+	if d.next.Extra == nil {
+		d.next.Extra = map[string]json.RawMessage{}
+	}
+	d.next.Extra["updated_by"], _ = json.Marshal(m.id)
+	d.next.Extra["updated_at"], _ = json.Marshal(now.UTC().Format(time.RFC3339))
 }
 
 // keepHeld takes back what plan would move off the held nodes: a bucket at
@@ -278,6 +336,12 @@ func describeHandoff(resp *monitorapi.Response, d *decision, lim handoff.Limits)
 	st := d.step
 	resp.Direct, resp.Started, resp.Queued = st.Direct, st.Started, st.Queued
 	resp.Waves = waves(append(slices.Clone(st.Started), st.Queued...), lim)
+	if resp.Waves > 0 {
+		// A wave ends when its slowest release does (a server's save,
+		// unknown here), and a release slower than the timeout aborts:
+		// the timeout bounds each wave, not its typical length.
+		resp.WavesWithin = (time.Duration(resp.Waves) * lim.Timeout).String()
+	}
 }
 
 // waves estimates how many rounds of handoffs moves need under the limits.

@@ -9,16 +9,17 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
-// waitHandoffs waits, at most wait, until none of the response's handoffs
-// (started or queued) is moving or queued any more, then says how each
-// ended. It reads the assignment every poll; etcd errors are retried
-// until the wait ends.
+// waitHandoffs waits, at most wait, until each of the response's handoffs
+// (started or queued) has committed or aborted, then says how each ended.
+// It reads the assignment every poll; etcd errors are retried until the
+// wait ends.
 func waitHandoffs(ctx context.Context, cli *clientv3.Client, layout schema.Layout, resp *monitorapi.Response, wait, poll time.Duration) *monitorapi.Outcome {
-	moves := append(append([]schema.Move{}, resp.Started...), resp.Queued...)
+	hw := newHandoffWatch(resp)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
@@ -26,7 +27,7 @@ func waitHandoffs(ctx context.Context, cli *clientv3.Client, layout schema.Layou
 	for {
 		if a := readAssignment(ctx, cli, layout); a != nil {
 			last = a
-			if !anyInFlight(a, moves) {
+			if !hw.observe(a) {
 				break
 			}
 		}
@@ -37,10 +38,79 @@ func waitHandoffs(ctx context.Context, cli *clientv3.Client, layout schema.Layou
 		}
 		break
 	}
+	return hw.outcome(last, time.Since(start))
+}
+
+// handoffWatch follows the handoffs of a response through the assignments
+// read while waiting.
+//
+// A move that times out is aborted, yet its bucket usually stays queued:
+// it rests for the monitor's -handoff-cooldown, then is tried again. So a
+// bucket that is queued again after the response, with its old owner, is
+// an aborted move: its queued entry names the version that aborted it
+// (aborted_version, newer than the response's), or, should the wait miss
+// that entry (a cooldown of 0 restarts the move at once), the bucket is
+// moving again with a newer epoch than the move seen before.
+type handoffWatch struct {
+	moves []schema.Move
+	// since is the response's version: an abort recorded after it is one
+	// of its moves'.
+	since int64
+	// epochs holds each move's epoch as last seen moving (a started move's
+	// is the response's version).
+	epochs map[bucket.Bucket]int64
+	// aborted holds the moves seen aborted: that is final, even if the
+	// monitor retries a move after its cooldown.
+	aborted map[bucket.Bucket]bool
+}
+
+func newHandoffWatch(resp *monitorapi.Response) *handoffWatch {
+	hw := &handoffWatch{moves: append(append([]schema.Move{}, resp.Started...), resp.Queued...), since: resp.Version,
+		epochs: map[bucket.Bucket]int64{}, aborted: map[bucket.Bucket]bool{}}
+	for _, mv := range resp.Started {
+		hw.epochs[mv.Bucket] = resp.Version
+	}
+	return hw
+}
+
+// observe takes in an assignment read while waiting and reports whether
+// any move is still in flight.
+func (hw *handoffWatch) observe(a *schema.Assignment) bool {
+	inFlight := false
+	for _, mv := range hw.moves {
+		if hw.aborted[mv.Bucket] {
+			continue
+		}
+		b := mv.Bucket
+		if m, moving := a.Moving[b]; moving {
+			if seen, ok := hw.epochs[b]; ok && m.From == mv.From && m.Epoch != seen {
+				hw.aborted[b] = true // tried again: the move seen before aborted
+				continue
+			}
+			hw.epochs[b] = m.Epoch
+			inFlight = true
+			continue
+		}
+		if q, queued := a.Queued[b]; queued {
+			if a.Owners[b] == mv.From && q.AbortedVersion > hw.since {
+				hw.aborted[b] = true
+				continue
+			}
+			inFlight = true
+		}
+	}
+	return inFlight
+}
+
+// outcome sorts the moves by how they ended, as last seen (nil: nothing
+// read).
+func (hw *handoffWatch) outcome(last *schema.Assignment, waited time.Duration) *monitorapi.Outcome {
 	out := &monitorapi.Outcome{Committed: []schema.Move{}, Aborted: []schema.Move{}, Pending: []schema.Move{},
-		Waited: time.Since(start).Round(100 * time.Millisecond).String()}
-	for _, mv := range moves {
+		Waited: waited.Round(100 * time.Millisecond).String()}
+	for _, mv := range hw.moves {
 		switch {
+		case hw.aborted[mv.Bucket]:
+			out.Aborted = append(out.Aborted, mv)
 		case last == nil || inFlight(last, mv):
 			out.Pending = append(out.Pending, mv)
 		case last.Owners[mv.Bucket] == mv.To:
@@ -72,15 +142,6 @@ func inFlight(a *schema.Assignment, mv schema.Move) bool {
 	return moving || queued
 }
 
-func anyInFlight(a *schema.Assignment, moves []schema.Move) bool {
-	for _, mv := range moves {
-		if inFlight(a, mv) {
-			return true
-		}
-	}
-	return false
-}
-
 // printOutcome prints how the handoffs ended.
 func printOutcome(w io.Writer, o *monitorapi.Outcome) {
 	fmt.Fprintf(w, "handoffs after %s: %d committed, %d aborted, %d still in progress", o.Waited, len(o.Committed), len(o.Aborted), len(o.Pending))
@@ -91,7 +152,7 @@ func printOutcome(w io.Writer, o *monitorapi.Outcome) {
 	for _, group := range []struct {
 		what  string
 		moves []schema.Move
-	}{{"aborted (the old owner did not release in time; the bucket stays)", o.Aborted}, {"still in progress", o.Pending}} {
+	}{{"aborted (the old owner did not release in time, or a later plan kept the bucket; it stays where it was, and a move still planned is tried again after the monitor's -handoff-cooldown)", o.Aborted}, {"still in progress", o.Pending}} {
 		if len(group.moves) == 0 {
 			continue
 		}

@@ -12,7 +12,9 @@
 //	MOVING(a->b) -> STABLE(b)  on a release acknowledgement {from a, epoch} (commit)
 //	MOVING(a->b) -> STABLE(b)  when a is gone: its lease ended, and it fenced itself before that
 //	MOVING(a->b) -> MOVING(a->c) when the target changes (b died, or the plan changed)
-//	MOVING(a->b) -> STABLE(a)  after the timeout while a lives, or when the plan wants a again (abort)
+//	MOVING(a->b) -> STABLE(a)  after the timeout while a lives, or when the plan wants a again (abort);
+//	                           after the timeout the bucket is QUEUED(b) with aborted_version set (this
+//	                           step's version) while it rests, so a caller waiting for the move sees it ended
 //	STABLE(a) -> STABLE(b)     at once when a is gone or the bucket is unassigned (nobody to hand off)
 //
 // "Gone" means not in Input.Live. Only a node whose lease ended is gone: a
@@ -110,116 +112,162 @@ const (
 	ReasonCancelled = "cancelled"  // aborted: the plan keeps the bucket where it is
 )
 
-// Advance computes one step.
+// Advance computes one step: first the moves in progress (commit,
+// re-target or abort), then the buckets at rest whose target differs
+// (move directly, start a handoff or queue it).
 func Advance(in Input) *Step {
-	cur := in.Current
-	next := cur.Clone()
-	next.Moving, next.Queued = maps.Clone(cur.Moving), nil
-	st := &Step{Next: next, prevQueued: cur.Queued}
-
-	// 1. Moves in progress: commit, re-target or abort.
-	for _, b := range sortedKeys(cur.Moving) {
-		m := cur.Moving[b]
-		target := in.Target[b]
-		mv := schema.Move{Bucket: b, From: m.From, To: m.To}
-		if target == m.From && in.Live[m.From] {
-			mv.Reason = ReasonCancelled
-			st.abort(mv)
-			continue
-		}
-		if target == "" || target == m.From {
-			target = m.To // no plan for it (no eligible node): keep the move's target
-		}
-		r, acked := in.Released[b]
-		switch {
-		case acked && r.Matches(m):
-			mv.To, mv.Reason = target, ReasonReleased
-			st.commit(mv)
-			st.ConsumedReleases = append(st.ConsumedReleases, b)
-		case !in.Live[m.From]:
-			mv.To, mv.Reason = target, ReasonOwnerGone
-			st.commit(mv)
-		case in.Now.Sub(m.Since) > in.Limit.Timeout:
-			mv.Reason = ReasonTimeout
-			st.abort(mv)
-		case target != m.To:
-			m.To = target
-			next.Moving[b] = m
-			mv.To, mv.Reason = target, "retarget"
-			st.Retargeted = append(st.Retargeted, mv)
-		}
+	next := in.Current.Clone()
+	next.Moving, next.Queued = maps.Clone(in.Current.Moving), nil
+	a := &advance{in: in, cur: in.Current, next: next,
+		st: &Step{Next: next, prevQueued: in.Current.Queued}, aborted: map[bucket.Bucket]bool{}}
+	for _, b := range sortedKeys(a.cur.Moving) {
+		a.advanceMoving(b)
 	}
-	// Release keys that match no move in progress are stale (an aborted
-	// move's late acknowledgement): consume them.
-	for _, b := range sortedKeys(in.Released) {
-		if m, ok := cur.Moving[b]; !ok || !in.Released[b].Matches(m) {
-			st.ConsumedReleases = append(st.ConsumedReleases, b)
-		}
-	}
-
-	// 2. Buckets at rest whose target differs: move directly, start a
-	// handoff, or queue it. A move aborted just now is not started again
-	// in the same step.
-	aborted := map[bucket.Bucket]bool{}
-	for _, mv := range st.Aborted {
-		aborted[mv.Bucket] = true
-	}
-	load := map[string]int{}
-	for _, m := range next.Moving {
-		load[m.From]++
-		load[m.To]++
-	}
+	a.consumeStaleReleases()
+	a.countLoad()
 	for b := range bucket.Count {
-		bk := bucket.Bucket(b)
-		if _, moving := next.Moving[bk]; moving {
-			continue
-		}
-		owner, target := next.Owners[b], in.Target[b]
-		if target == "" {
-			if q, ok := cur.Queued[bk]; ok { // no plan for it: it waits as it was
-				if next.Queued == nil {
-					next.Queued = map[bucket.Bucket]schema.QueuedMove{}
-				}
-				next.Queued[bk] = q
-			}
-			continue
-		}
-		if target == owner {
-			continue
-		}
-		mv := schema.Move{Bucket: bk, From: owner, To: target, Reason: in.Reasons[bk]}
-		if q, ok := cur.Queued[bk]; ok && q.To == target && mv.Reason == "" {
-			// Planned earlier (e.g. by a rebalance request); a routine round
-			// that keeps the plan does not know why, the queue does.
-			mv.Reason = q.Reason
-		}
-		if owner == "" || !in.Live[owner] {
-			next.Owners[b] = target
-			st.Direct = append(st.Direct, mv)
-			continue
-		}
-		if in.Hold[bk] || aborted[bk] || len(next.Moving) >= in.Limit.MaxMoving ||
-			load[owner] >= in.Limit.MaxMovingPerNode || load[target] >= in.Limit.MaxMovingPerNode {
-			if next.Queued == nil {
-				next.Queued = map[bucket.Bucket]schema.QueuedMove{}
-			}
-			next.Queued[bk] = schema.QueuedMove{To: target, Reason: mv.Reason}
-			st.Queued = append(st.Queued, mv)
-			continue
-		}
-		if next.Moving == nil {
-			next.Moving = map[bucket.Bucket]schema.MoveState{}
-		}
-		// The move's epoch is the version this step will be written as.
-		next.Moving[bk] = schema.MoveState{From: owner, To: target, Epoch: cur.Version + 1, Since: in.Now, Reason: mv.Reason}
-		load[owner]++
-		load[target]++
-		st.Started = append(st.Started, mv)
+		a.startAtRest(bucket.Bucket(b))
 	}
 	if len(next.Moving) == 0 {
 		next.Moving = nil
 	}
-	return st
+	return a.st
+}
+
+// advance is one Advance in the making.
+type advance struct {
+	in   Input
+	cur  *schema.Assignment
+	next *schema.Assignment
+	st   *Step
+	// aborted holds the moves aborted in this step: they are not started
+	// again in the same step.
+	aborted map[bucket.Bucket]bool
+	// load counts the moves in progress per node, as source or target.
+	load map[string]int
+}
+
+// advanceMoving commits, re-targets or aborts the move of bucket b, or
+// leaves it as it is.
+func (a *advance) advanceMoving(b bucket.Bucket) {
+	m := a.cur.Moving[b]
+	target := a.in.Target[b]
+	mv := schema.Move{Bucket: b, From: m.From, To: m.To}
+	if target == m.From && a.in.Live[m.From] {
+		mv.Reason = ReasonCancelled
+		a.abort(mv)
+		return
+	}
+	if target == "" || target == m.From {
+		target = m.To // no plan for it (no eligible node): keep the move's target
+	}
+	r, acked := a.in.Released[b]
+	switch {
+	case acked && r.Matches(m):
+		mv.To, mv.Reason = target, ReasonReleased
+		a.st.commit(mv)
+		a.st.ConsumedReleases = append(a.st.ConsumedReleases, b)
+	case !a.in.Live[m.From]:
+		mv.To, mv.Reason = target, ReasonOwnerGone
+		a.st.commit(mv)
+	case a.in.Now.Sub(m.Since) > a.in.Limit.Timeout:
+		mv.Reason = ReasonTimeout
+		a.abort(mv)
+	case target != m.To:
+		m.To = target
+		a.next.Moving[b] = m
+		mv.To, mv.Reason = target, "retarget"
+		a.st.Retargeted = append(a.st.Retargeted, mv)
+	}
+}
+
+func (a *advance) abort(mv schema.Move) {
+	delete(a.next.Moving, mv.Bucket)
+	a.st.Aborted = append(a.st.Aborted, mv)
+	a.aborted[mv.Bucket] = true
+}
+
+// consumeStaleReleases consumes the release keys that match no move in
+// progress (an aborted move's late acknowledgement).
+func (a *advance) consumeStaleReleases() {
+	for _, b := range sortedKeys(a.in.Released) {
+		if m, ok := a.cur.Moving[b]; !ok || !a.in.Released[b].Matches(m) {
+			a.st.ConsumedReleases = append(a.st.ConsumedReleases, b)
+		}
+	}
+}
+
+// countLoad counts the moves still in progress per node, for the throttle.
+func (a *advance) countLoad() {
+	a.load = map[string]int{}
+	for _, m := range a.next.Moving {
+		a.load[m.From]++
+		a.load[m.To]++
+	}
+}
+
+// startAtRest moves bucket b, if it rests and its target differs: directly
+// (no live owner), by starting a handoff, or by queueing it (held, aborted
+// just now, or no slot under the throttle).
+func (a *advance) startAtRest(b bucket.Bucket) {
+	if _, moving := a.next.Moving[b]; moving {
+		return
+	}
+	owner, target := a.next.Owners[b], a.in.Target[b]
+	if target == "" {
+		if q, ok := a.cur.Queued[b]; ok { // no plan for it: it waits as it was
+			a.setQueued(b, q)
+		}
+		return
+	}
+	if target == owner {
+		return
+	}
+	mv := schema.Move{Bucket: b, From: owner, To: target, Reason: a.in.Reasons[b]}
+	if q, ok := a.cur.Queued[b]; ok && q.To == target && mv.Reason == "" {
+		// Planned earlier (e.g. by a rebalance request); a routine round
+		// that keeps the plan does not know why, the queue does.
+		mv.Reason = q.Reason
+	}
+	if owner == "" || !a.in.Live[owner] {
+		a.next.Owners[b] = target
+		a.st.Direct = append(a.st.Direct, mv)
+		return
+	}
+	lim := a.in.Limit
+	if a.in.Hold[b] || a.aborted[b] || len(a.next.Moving) >= lim.MaxMoving ||
+		a.load[owner] >= lim.MaxMovingPerNode || a.load[target] >= lim.MaxMovingPerNode {
+		a.setQueued(b, schema.QueuedMove{To: target, Reason: mv.Reason, AbortedVersion: a.abortedVersion(b)})
+		a.st.Queued = append(a.st.Queued, mv)
+		return
+	}
+	if a.next.Moving == nil {
+		a.next.Moving = map[bucket.Bucket]schema.MoveState{}
+	}
+	// The move's epoch is the version this step will be written as.
+	a.next.Moving[b] = schema.MoveState{From: owner, To: target, Epoch: a.cur.Version + 1, Since: a.in.Now, Reason: mv.Reason}
+	a.load[owner]++
+	a.load[target]++
+	a.st.Started = append(a.st.Started, mv)
+}
+
+// abortedVersion is the version that aborted b's last handoff for want of
+// a release, for b's queued entry: this step's if it aborts it now, else
+// the one b was queued with (0: none). A new handoff of b drops it.
+func (a *advance) abortedVersion(b bucket.Bucket) int64 {
+	for _, mv := range a.st.Aborted {
+		if mv.Bucket == b && mv.Reason == ReasonTimeout {
+			return a.cur.Version + 1
+		}
+	}
+	return a.cur.Queued[b].AbortedVersion
+}
+
+func (a *advance) setQueued(b bucket.Bucket, q schema.QueuedMove) {
+	if a.next.Queued == nil {
+		a.next.Queued = map[bucket.Bucket]schema.QueuedMove{}
+	}
+	a.next.Queued[b] = q
 }
 
 // GoneOwners lists, sorted, the nodes the step treats as gone: the old
@@ -258,11 +306,6 @@ func (st *Step) commit(mv schema.Move) {
 	st.Next.Owners[mv.Bucket] = mv.To
 	delete(st.Next.Moving, mv.Bucket)
 	st.Committed = append(st.Committed, mv)
-}
-
-func (st *Step) abort(mv schema.Move) {
-	delete(st.Next.Moving, mv.Bucket)
-	st.Aborted = append(st.Aborted, mv)
 }
 
 func sortedKeys[V any](m map[bucket.Bucket]V) []bucket.Bucket {

@@ -121,6 +121,30 @@ func TestAdvance(t *testing.T) {
 			if st.Next.Owners[1] != "a" || len(st.Next.Moving) != 0 || len(st.Aborted) != 1 || st.Aborted[0].Reason != ReasonTimeout || st.Next.Queued[1].To != "c" {
 				t.Fatalf("owner %s moving %v aborted %v queued %v", st.Next.Owners[1], st.Next.Moving, st.Aborted, st.Next.Queued)
 			}
+			// The queued entry records the abort (this step's version), so
+			// that a caller waiting for the move can tell.
+			if q := st.Next.Queued[1]; q.AbortedVersion != 11 {
+				t.Fatalf("queued[01] = %+v, want aborted_version 11", q)
+			}
+		}},
+		{"a held bucket keeps its abort mark; one queued for a slot has none", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
+			cur.Queued = map[bucket.Bucket]schema.QueuedMove{1: {To: "c", AbortedVersion: 8}, 2: {To: "c"}}
+			cur.Moving = map[bucket.Bucket]schema.MoveState{3: {From: "a", To: "c", Epoch: 9, Since: t0}}
+			target[1], target[2], target[3] = "c", "c", "c"
+			in.Hold = map[bucket.Bucket]bool{1: true}
+			in.Limit.MaxMoving = 1
+		}, func(t *testing.T, st *Step) {
+			if q := st.Next.Queued; q[1].To != "c" || q[1].AbortedVersion != 8 || q[2].To != "c" || q[2].AbortedVersion != 0 {
+				t.Fatalf("queued %+v", q)
+			}
+		}},
+		{"a bucket that starts again after its abort loses the mark", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
+			cur.Queued = map[bucket.Bucket]schema.QueuedMove{1: {To: "c", AbortedVersion: 8}}
+			target[1] = "c"
+		}, func(t *testing.T, st *Step) {
+			if len(st.Started) != 1 || len(st.Next.Queued) != 0 || st.Next.Moving[1].Epoch != 11 {
+				t.Fatalf("started %v queued %v moving %v", st.Started, st.Next.Queued, st.Next.Moving)
+			}
 		}},
 		{"a plan that keeps the bucket cancels its move", func(cur *schema.Assignment, target *[bucket.Count]string, in *Input) {
 			cur.Moving = map[bucket.Bucket]schema.MoveState{1: {From: "a", To: "c", Epoch: 9, Since: t0}}

@@ -88,13 +88,18 @@ type Response struct {
 	// How the moves proceed (every move from a live node is a handoff):
 	// Direct moves had no live old owner and are done; Started ones are
 	// handing off now; Queued ones wait for a slot under the throttle;
-	// Waves estimates how many rounds of handoffs that takes. A caller
+	// Waves estimates how many rounds of handoffs that takes, and
+	// WavesWithin (a Go duration, e.g. "11m0s") bounds how long: Waves
+	// times the leader's -handoff-timeout, as a wave lasts as long as its
+	// slowest release and a release that takes longer aborts. A caller
 	// that waits watches <prefix>/assignment until the buckets of Started
-	// and Queued are no longer moving or queued.
-	Direct  []schema.Move `json:"direct,omitempty"`
-	Started []schema.Move `json:"started,omitempty"`
-	Queued  []schema.Move `json:"queued,omitempty"`
-	Waves   int           `json:"waves,omitempty"`
+	// and Queued are no longer moving or queued, or are queued again with
+	// an aborted_version newer than Version (aborted).
+	Direct      []schema.Move `json:"direct,omitempty"`
+	Started     []schema.Move `json:"started,omitempty"`
+	Queued      []schema.Move `json:"queued,omitempty"`
+	Waves       int           `json:"waves,omitempty"`
+	WavesWithin string        `json:"waves_within,omitempty"`
 	// Load is filled for a rebalance by load (dry runs too): the load
 	// per node before and after the planned moves.
 	Load *LoadSummary `json:"load,omitempty"`

@@ -35,6 +35,12 @@ type MoveState struct {
 type QueuedMove struct {
 	To     string `json:"to"`
 	Reason string `json:"reason,omitempty"`
+	// AbortedVersion is the assignment version that aborted the bucket's
+	// last handoff because its old owner did not release in time (0:
+	// none since it was queued). It lets a caller that waits for a move
+	// (the monitor CLI's -wait) tell an aborted move, which waits out the
+	// cooldown here, from one still waiting for its first slot.
+	AbortedVersion int64 `json:"aborted_version,omitempty"`
 }
 
 // Released acknowledges that the old owner has released a bucket, stored
@@ -119,6 +125,9 @@ func (a *Assignment) validateHandoff() error {
 		}
 		if q.To == a.Owners[b] {
 			return fmt.Errorf("queued bucket %s: already owned by %q", b, q.To)
+		}
+		if q.AbortedVersion < 0 || q.AbortedVersion > a.Version {
+			return fmt.Errorf("queued bucket %s: aborted_version %d: want 1 to the version (%d)", b, q.AbortedVersion, a.Version)
 		}
 	}
 	return nil

@@ -11,13 +11,13 @@ func TestAssignmentHandoffFields(t *testing.T) {
 	t.Run("round trip", func(t *testing.T) {
 		in := `{"version":12,"buckets":{"0b":"n1","0c":"n1"},"epochs":{"0b":3,"0c":4},` +
 			`"moving":{"0c":{"from":"n1","to":"n2","epoch":12,"since":"2026-11-21T10:00:00Z","reason":"rebalance"}},` +
-			`"queued":{"0b":{"to":"n3","reason":"rebalance"}},"updated_by":"m"}`
+			`"queued":{"0b":{"to":"n3","reason":"rebalance","aborted_version":11}},"updated_by":"m"}`
 		a, err := ParseAssignment([]byte(in))
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := MoveState{From: "n1", To: "n2", Epoch: 12, Since: since, Reason: "rebalance"}
-		if a.Moving[0x0c] != want || a.Queued[0x0b].To != "n3" || len(a.Extra) != 1 {
+		if a.Moving[0x0c] != want || a.Queued[0x0b] != (QueuedMove{To: "n3", Reason: "rebalance", AbortedVersion: 11}) || len(a.Extra) != 1 {
 			t.Fatalf("moving %+v queued %+v extra %v", a.Moving, a.Queued, a.Extra)
 		}
 		if got := string(a.Encode()); got != in {
@@ -48,6 +48,8 @@ func TestAssignmentHandoffFields(t *testing.T) {
 		{"queued and moving", base + `"moving":{"0c":{"from":"n1","to":"n2","epoch":3,"since":"2026-11-21T10:00:00Z"}},"queued":{"0c":{"to":"n3"}}}`, `queued bucket 0c is also moving`},
 		{"queued to owner", base + `"queued":{"0c":{"to":"n1"}}}`, `already owned by "n1"`},
 		{"queued to invalid", base + `"queued":{"0c":{"to":"a b"}}}`, `queued bucket 0c: to:`},
+		{"queued aborted after version", base + `"queued":{"0c":{"to":"n2","aborted_version":13}}}`, `aborted_version 13: want 1 to the version (12)`},
+		{"queued aborted negative", base + `"queued":{"0c":{"to":"n2","aborted_version":-1}}}`, `aborted_version -1`},
 	} {
 		t.Run("rejects "+tc.name, func(t *testing.T) {
 			_, err := ParseAssignment([]byte(tc.in))
