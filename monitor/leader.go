@@ -117,11 +117,22 @@ func (m *monitor) watchRequests(ctx context.Context) <-chan clientv3.WatchRespon
 // failing that, what can be salvaged from the invalid value, and repair
 // is true: the value must be rewritten even if nothing moves, with a
 // version greater than any this monitor saw.
+//
+// With no valid assignment known (a first start, or a monitor that starts
+// while the key is deleted or corrupt), the version to write next is above
+// snap.Revision: see freshVersionFloor.
 func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schema.Assignment, repair bool, err error) {
 	if snap.Assignment != nil {
 		m.versionSeen = max(m.versionSeen, snap.Assignment.Version)
+	} else {
+		m.versionSeen = max(m.versionSeen, freshVersionFloor(snap))
 	}
 	if snap.AssignmentError == nil {
+		if snap.Assignment == nil {
+			// Nothing to plan from, but the version must still start above
+			// every one written before: an empty assignment carries it.
+			return &schema.Assignment{Version: m.versionSeen}, false, nil
+		}
 		return snap.Assignment, false, nil
 	}
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -154,6 +165,17 @@ func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schem
 		zap.Strings("problems", problems), zap.String("planning_from", from),
 		zap.Int("buckets_known", 256-len(cur.Owned(""))))
 	return cur, true, nil
+}
+
+// freshVersionFloor is a version at least as high as any the monitor ever
+// wrote, for a monitor that knows no valid assignment: the etcd revision of
+// the snapshot. It holds because every version the monitor writes is at
+// most the etcd revision of its write: a first assignment is written with
+// this floor + 1 at a later revision, and each later write adds 1 to the
+// version while the revision grows by at least 1. Unlike reading the
+// key's history, it survives compaction.
+func freshVersionFloor(snap *watch.Snapshot) int64 {
+	return snap.Revision
 }
 
 // reconcile plans from snap and writes the result if anything must change.
