@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/leases"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/planner"
 	"github.com/dtablecluster/dtable-router/internal/schema"
@@ -47,7 +48,16 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 	// first assignment, a handoff timeout, the end of a cooldown.
 	var wake <-chan time.Time
 	var wakeAt time.Time
+	// stepped is the revision of the newest state reconciled: a change
+	// queued on the subscription that it already covers is skipped.
+	var stepped int64
 	step := func(snap *watch.Snapshot) error {
+		if snap != nil {
+			stepped = max(stepped, snap.Revision)
+		}
+		if m.testHookStep != nil {
+			m.testHookStep(snap)
+		}
 		wait, err := m.reconcile(ctx, l, snap)
 		if at := time.Now().Add(wait); wait > 0 && (wake == nil || at.Before(wakeAt)) {
 			wake, wakeAt = time.After(wait), at
@@ -62,9 +72,14 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case snap := <-sub.C:
-			if snap.Revision < l.lastWrite {
-				continue // from before our own last write
+		case <-sub.C:
+			// Each queued snapshot is a whole state: only the latest
+			// matters, so a burst of changes costs one round, not one per
+			// change, and no round plans on a state already outdated (a
+			// node that has just left).
+			snap := m.watcher.Snapshot()
+			if snap.Revision < l.lastWrite || snap.Revision <= stepped {
+				continue // from before our own last write, or already reconciled
 			}
 			err = step(snap)
 		case <-wake:
@@ -560,9 +575,7 @@ func (m *monitor) respond(ctx context.Context, l *leadership, req *mvccpb.KeyVal
 	_, err = m.write(ctx, l, snap, next, settings, ops, guards...)
 	if err != nil {
 		// Not answered: the answer's lease would only linger.
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		m.cli.Revoke(rctx, lease.ID)
-		cancel()
+		_ = leases.Revoke(m.cli, lease.ID, m.log)
 	}
 	return err
 }
