@@ -332,6 +332,10 @@ func (r *registrar) withdraw(sess *concurrency.Session) {
 
 func leaseHex(id clientv3.LeaseID) string { return fmt.Sprintf("%x", id) }
 
+// testHookWaitingForHealth, if set, is given the subscription that
+// waitHealthy keeps reading while it waits.
+var testHookWaitingForHealth func(*registrar, *watch.Subscription)
+
 // waitHealthy returns once the local server is healthy (at once without a
 // health gate), or false when ctx ends first. It keeps reading sub
 // meanwhile and drops what it reads: every later step looks only at states
@@ -342,6 +346,9 @@ func (r *registrar) waitHealthy(ctx context.Context, sub *watch.Subscription) bo
 		return ctx.Err() == nil
 	}
 	logged := false
+	if testHookWaitingForHealth != nil {
+		testHookWaitingForHealth(r, sub)
+	}
 	for !r.health.healthy() {
 		if !logged && r.health.checked() {
 			r.log.Info("waiting for the local server to answer before registering", zap.String("health_url", r.health.url))
