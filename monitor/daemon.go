@@ -66,6 +66,8 @@ type monitor struct {
 	// testHookRequestWatch, if set, stands in for the requests watch
 	// whenever it is (re-)created.
 	testHookRequestWatch func(context.Context) <-chan clientv3.WatchResponse
+	// testHookStep, if set, runs before each round the lead loop reconciles.
+	testHookStep func(*watch.Snapshot)
 }
 
 // run campaigns and leads until ctx ends, starting over after losing a

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/leases"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/planner"
 	"github.com/dtablecluster/dtable-router/internal/schema"
@@ -47,7 +48,16 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 	// first assignment, a handoff timeout, the end of a cooldown.
 	var wake <-chan time.Time
 	var wakeAt time.Time
+	// stepped is the revision of the newest state reconciled: a change
+	// queued on the subscription that it already covers is skipped.
+	var stepped int64
 	step := func(snap *watch.Snapshot) error {
+		if snap != nil {
+			stepped = max(stepped, snap.Revision)
+		}
+		if m.testHookStep != nil {
+			m.testHookStep(snap)
+		}
 		wait, err := m.reconcile(ctx, l, snap)
 		if at := time.Now().Add(wait); wait > 0 && (wake == nil || at.Before(wakeAt)) {
 			wake, wakeAt = time.After(wait), at
@@ -62,9 +72,14 @@ func (m *monitor) lead(ctx context.Context, l *leadership) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case snap := <-sub.C:
-			if snap.Revision < l.lastWrite {
-				continue // from before our own last write
+		case <-sub.C:
+			// Each queued snapshot is a whole state: only the latest
+			// matters, so a burst of changes costs one round, not one per
+			// change, and no round plans on a state already outdated (a
+			// node that has just left).
+			snap := m.watcher.Snapshot()
+			if snap.Revision < l.lastWrite || snap.Revision <= stepped {
+				continue // from before our own last write, or already reconciled
 			}
 			err = step(snap)
 		case <-wake:
@@ -117,11 +132,22 @@ func (m *monitor) watchRequests(ctx context.Context) <-chan clientv3.WatchRespon
 // failing that, what can be salvaged from the invalid value, and repair
 // is true: the value must be rewritten even if nothing moves, with a
 // version greater than any this monitor saw.
+//
+// With no valid assignment known (a first start, or a monitor that starts
+// while the key is deleted or corrupt), the version to write next is above
+// snap.Revision: see freshVersionFloor.
 func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schema.Assignment, repair bool, err error) {
 	if snap.Assignment != nil {
 		m.versionSeen = max(m.versionSeen, snap.Assignment.Version)
+	} else {
+		m.versionSeen = max(m.versionSeen, freshVersionFloor(snap))
 	}
 	if snap.AssignmentError == nil {
+		if snap.Assignment == nil {
+			// Nothing to plan from, but the version must still start above
+			// every one written before: an empty assignment carries it.
+			return &schema.Assignment{Version: m.versionSeen}, false, nil
+		}
 		return snap.Assignment, false, nil
 	}
 	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -154,6 +180,17 @@ func (m *monitor) current(ctx context.Context, snap *watch.Snapshot) (cur *schem
 		zap.Strings("problems", problems), zap.String("planning_from", from),
 		zap.Int("buckets_known", 256-len(cur.Owned(""))))
 	return cur, true, nil
+}
+
+// freshVersionFloor is a version at least as high as any the monitor ever
+// wrote, for a monitor that knows no valid assignment: the etcd revision of
+// the snapshot. It holds because every version the monitor writes is at
+// most the etcd revision of its write: a first assignment is written with
+// this floor + 1 at a later revision, and each later write adds 1 to the
+// version while the revision grows by at least 1. Unlike reading the
+// key's history, it survives compaction.
+func freshVersionFloor(snap *watch.Snapshot) int64 {
+	return snap.Revision
 }
 
 // reconcile plans from snap and writes the result if anything must change.
@@ -538,9 +575,7 @@ func (m *monitor) respond(ctx context.Context, l *leadership, req *mvccpb.KeyVal
 	_, err = m.write(ctx, l, snap, next, settings, ops, guards...)
 	if err != nil {
 		// Not answered: the answer's lease would only linger.
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		m.cli.Revoke(rctx, lease.ID)
-		cancel()
+		_ = leases.Revoke(m.cli, lease.ID, m.log)
 	}
 	return err
 }

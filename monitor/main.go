@@ -253,7 +253,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	host, _ := os.Hostname()
 	id := fs.String("id", fmt.Sprintf("%s-%d", host, os.Getpid()), "this monitor's name in the leader election")
 	interval := fs.Duration("interval", 10*time.Second, "periodic reconcile, besides reacting to every change")
-	settle := fs.Duration("settle", 5*time.Second, "before the very first assignment, wait this long after the first node registers")
+	settle := fs.Duration("settle", 5*time.Second, "after nodes appear (this monitor's start or leadership, or the first node back after none was live), wait this long before reassigning anything")
 	sessionTTL := fs.Duration("session-ttl", 10*time.Second, "leader lease: how long a dead leader blocks the next one")
 	limits := handoff.DefaultLimits
 	fs.DurationVar(&limits.Timeout, "handoff-timeout", limits.Timeout, "how long a live old owner may take to release a bucket before the move is aborted")

@@ -57,7 +57,10 @@ func TestColdStartGivesEachNodeItsOwnBucketsBack(t *testing.T) {
 
 // A rolling restart with clean stops: the nodes leave and come back one
 // after another; nothing is evened while the membership changes, and once
-// it is quiet for -rebalance-after the counts are even again.
+// it is quiet for -rebalance-after the counts are even again, with the
+// fewest moves the restart allows: each stopping node's buckets move once
+// (a clean stop hands every one off), nothing else moves meanwhile, and
+// the final rebalance makes the fewest moves that even the counts.
 func TestRollingRestartEndsBalanced(t *testing.T) {
 	c := etcdtest.Start(t)
 	cli := c.Client(t)
@@ -67,9 +70,12 @@ func TestRollingRestartEndsBalanced(t *testing.T) {
 		leases[n] = registerNode(t, cli, n)
 	}
 	startMonitor(t, c, "mon-a", nil, func(m *monitor) { m.rebalanceAfter = 2 * time.Second })
-	waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
+	start, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
+	oc := countOwnerChanges(t, cli, start)
 	startAcker(t, cli)
+	shed := 0 // the buckets each node held when it stopped: they must move
 	for _, n := range nodes {
+		shed += len(getAssignment(t, cli).Owned(n))
 		if _, err := cli.Revoke(ctxT(t), leases[n]); err != nil { // it stops
 			t.Fatal(err)
 		}
@@ -80,8 +86,17 @@ func TestRollingRestartEndsBalanced(t *testing.T) {
 			t.Fatalf("%s got buckets at once, while the restart goes on", n)
 		}
 	}
+	beforeRebalance := getAssignment(t, cli)
+	if got := oc.seen(t, beforeRebalance); got != shed {
+		t.Fatalf("%d owner changes during the restart; want %d, the stopping nodes' buckets, each once", got, shed)
+	}
 	a, took := waitAssignment(t, cli, "balanced after the restart", func(a *schema.Assignment) bool {
 		return settled(a) && spread(a, nodes...) <= 1
 	})
-	t.Logf("balanced %v after the last node came back: %v", took.Round(10*time.Millisecond), a.Counts())
+	total := oc.seen(t, a)
+	if final, least := total-shed, minBalanceMoves(beforeRebalance.Counts(), nodes); final != least {
+		t.Fatalf("the final rebalance made %d owner changes from counts %v; the fewest possible is %d", final, beforeRebalance.Counts(), least)
+	}
+	t.Logf("balanced %v after the last node came back: %v; %d moves, %d of them handed off by the stops",
+		took.Round(10*time.Millisecond), a.Counts(), total, shed)
 }

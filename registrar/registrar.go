@@ -100,7 +100,7 @@ func (r *registrar) run(ctx, linkCtx context.Context) error {
 	backoff := r.retryMin
 	firstContact := true
 	for {
-		if !r.waitHealthy(ctx) {
+		if !r.waitHealthy(ctx, sub) {
 			return nil
 		}
 		sess, rev, err := r.register(ctx)
@@ -332,13 +332,23 @@ func (r *registrar) withdraw(sess *concurrency.Session) {
 
 func leaseHex(id clientv3.LeaseID) string { return fmt.Sprintf("%x", id) }
 
+// testHookWaitingForHealth, if set, is given the subscription that
+// waitHealthy keeps reading while it waits.
+var testHookWaitingForHealth func(*registrar, *watch.Subscription)
+
 // waitHealthy returns once the local server is healthy (at once without a
-// health gate), or false when ctx ends first.
-func (r *registrar) waitHealthy(ctx context.Context) bool {
+// health gate), or false when ctx ends first. It keeps reading sub
+// meanwhile and drops what it reads: every later step looks only at states
+// newer than its own write, so none of them matters, and an unread
+// subscription would queue every change of a long wait.
+func (r *registrar) waitHealthy(ctx context.Context, sub *watch.Subscription) bool {
 	if r.health == nil {
 		return ctx.Err() == nil
 	}
 	logged := false
+	if testHookWaitingForHealth != nil {
+		testHookWaitingForHealth(r, sub)
+	}
 	for !r.health.healthy() {
 		if !logged && r.health.checked() {
 			r.log.Info("waiting for the local server to answer before registering", zap.String("health_url", r.health.url))
@@ -348,6 +358,7 @@ func (r *registrar) waitHealthy(ctx context.Context) bool {
 		case <-ctx.Done():
 			return false
 		case <-r.health.changed:
+		case <-sub.C:
 		}
 	}
 	return true

@@ -3,6 +3,7 @@ package watch
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -21,6 +22,14 @@ func TestBadInputMatrixForEveryKey(t *testing.T) {
 		return s.Assignment != nil && s.Assignment.Version == 5 && s.Settings.IsDrained("n2") &&
 			s.Nodes["n1"].NodeURL == node("n1").NodeURL
 	}
+	// unchanged: the whole state is as before, with only the marker (n3)
+	// added.
+	unchanged := func(s *Snapshot) bool {
+		_, marker := s.Nodes["n3"]
+		return good(s) && s.AssignmentError == nil && s.SettingsError == nil && len(s.NodeErrors) == 0 &&
+			len(s.Released) == 1 && marker
+	}
+	const ignoredKey = "not part of the state: ignored, nothing published, the next change seen"
 	for _, tc := range []struct {
 		name    string
 		key     string
@@ -50,6 +59,18 @@ func TestBadInputMatrixForEveryKey(t *testing.T) {
 			return good(s) && len(s.Released) == 1 && marker
 		}, "ignored, and the next change seen"},
 		{"released: deleted", layout.ReleasedKey(0x0c), "", false, func(s *Snapshot) bool { _, ok := s.Released[0x0c]; return good(s) && !ok }, "removed"},
+		// Keys that are no part of the routing state: whatever they hold,
+		// the watcher publishes nothing for them and keeps its state (the
+		// monitor reads and reports them: monitor/badinput_test.go).
+		{"load: corrupt JSON", layout.LoadKey("caddy@p1"), `{`, false, unchanged, ignoredKey},
+		{"load: wrong types", layout.LoadKey("caddy@p1"), `{"proxy":1,"interval_seconds":"x"}`, false, unchanged, ignoredKey},
+		{"load: unknown bucket", layout.LoadKey("caddy@p1"), `{"proxy":"caddy@p1","interval_seconds":30,"at":"2026-11-21T10:00:00Z","buckets":{"zz":{"requests":1}}}`, false, unchanged, ignoredKey},
+		{"load: deleted", layout.LoadKey("caddy@p1"), "", false, unchanged, ignoredKey},
+		{"requests: corrupt JSON", layout.RequestsPrefix() + "r1", `{`, false, unchanged, ignoredKey},
+		{"requests: unknown op", layout.RequestsPrefix() + "r1", `{"id":"r1","op":"explode"}`, false, unchanged, ignoredKey},
+		{"requests: deleted", layout.RequestsPrefix() + "r1", "", false, unchanged, ignoredKey},
+		{"responses: deleted", layout.ResponsesPrefix() + "r0", "", false, unchanged, ignoredKey},
+		{"monitor/election: deleted", layout.ElectionPrefix() + "/694d7e", "", false, unchanged, ignoredKey},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := etcdtest.Start(t)
@@ -59,6 +80,10 @@ func TestBadInputMatrixForEveryKey(t *testing.T) {
 			put(t, cli, layout.AssignmentKey(), assignment(5, "n1", "n2").Encode())
 			put(t, cli, layout.SettingsKey(), schema.Settings{Drained: []string{"n2"}}.Encode())
 			put(t, cli, layout.ReleasedKey(0x0c), schema.Released{From: "n1", Epoch: 5}.Encode())
+			put(t, cli, layout.LoadKey("caddy@p1"), schema.LoadReport{Proxy: "caddy@p1", Interval: time.Second, At: time.Now()}.Encode())
+			put(t, cli, layout.RequestsPrefix()+"r1", []byte(`{"id":"r1","op":"rebalance"}`))
+			put(t, cli, layout.ResponsesPrefix()+"r0", []byte(`{"id":"r0","op":"rebalance","ok":true}`))
+			put(t, cli, layout.ElectionPrefix()+"/694d7e", []byte("mon-a"))
 			core, logs := observer.New(zapcore.WarnLevel)
 			w := startWatcher(t, cli, zap.New(core), nil)
 			sub := w.Subscribe()
@@ -70,12 +95,16 @@ func TestBadInputMatrixForEveryKey(t *testing.T) {
 			} else {
 				rev = put(t, cli, tc.key, []byte(tc.value))
 			}
-			if strings.HasSuffix(tc.key, "/zz") { // ignored keys publish nothing: a marker change shows it was passed
+			ignored := strings.HasSuffix(tc.key, "/zz") || tc.checked == ignoredKey
+			if ignored { // ignored keys publish nothing: a marker change shows it was passed
 				rev = put(t, cli, layout.NodeKey("n3"), node("n3").Encode())
 			}
 			s := waitFor(t, sub, tc.checked, func(s *Snapshot) bool { return s.Revision >= rev && tc.check(s) })
 			if s == nil {
 				return
+			}
+			if ignored && s.Revision != rev {
+				t.Fatalf("a snapshot at revision %d before the marker's (%d): the ignored key was published", s.Revision, rev)
 			}
 			if tc.logs {
 				named := false

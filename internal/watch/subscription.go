@@ -93,3 +93,11 @@ func (s *Subscription) Skipped() int {
 	defer s.mu.Unlock()
 	return s.skipped
 }
+
+// Pending says how many snapshots wait to be received (the one being
+// handed over not counted): how far behind the subscriber is.
+func (s *Subscription) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.queue)
+}

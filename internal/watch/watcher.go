@@ -423,7 +423,9 @@ func (w *Watcher) applyDelete(next *Snapshot, key string) bool {
 	if key == l.AssignmentKey() {
 		next.AssignmentModRevision = 0
 		if next.Assignment == nil {
-			next.AssignmentError = nil // no valid value to keep: as if never written
+			// No valid value to keep: as if never written (the monitor
+			// plans one, with a version above every earlier one).
+			next.AssignmentError = nil
 			w.log.Warn("assignment deleted from etcd (no valid one was seen before)", zap.String("key", key))
 			return true
 		}
