@@ -19,8 +19,10 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/contract"
 )
 
-// The proxy's side of a handoff (docs/server-contract.md, "Proxy →
-// server"):
+// This file is the request path of a request for a base, after
+// DtableBucket.ServeHTTP found its bucket: serveBucket and its
+// bucketRequest, which carry out the proxy's side of a handoff
+// (docs/server-contract.md, "Proxy → server"):
 //
 //   - A request for a moving bucket is held until the bucket's route
 //     changes (the move committed: the new owner; aborted: the old one),
