@@ -264,15 +264,6 @@ func unavailable(err error, bucketName string, rt *route) *routingError {
 		msg: fmt.Sprintf("%s: the proxy got no answer to pass on (%v)", what, he.Err)}
 }
 
-// Header names of the fencing headers sent upstream (client values are
-// replaced), as the server contract names them. They are in canonical
-// form, so the request path sets them without canonicalizing.
-const (
-	HeaderBucket      = contract.HeaderBucket
-	HeaderBucketEpoch = contract.HeaderBucketEpoch
-	HeaderVersion     = contract.HeaderVersion
-)
-
 // Placeholders set by DtableBucket (documented on the type).
 const (
 	placeholderBucket = "http.dtable_bucket.bucket"
@@ -301,8 +292,8 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 	// it concerns no bucket).
 	c := &upstreamChoice{noBase: true}
 	path, rawPath := r.URL.Path, r.URL.RawPath
-	delete(r.Header, HeaderBucket)
-	delete(r.Header, HeaderBucketEpoch)
+	delete(r.Header, contract.HeaderBucket)
+	delete(r.Header, contract.HeaderBucketEpoch)
 	for tries := 0; ; tries++ {
 		t := h.follower.table.Load()
 		if len(t.anyNode) == 0 {
@@ -312,7 +303,7 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 		rt := t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
 		setRoutePlaceholders(r, "", rt)
 		rt.requests.Inc()
-		r.Header[HeaderVersion] = []string{t.versionStr}
+		r.Header[contract.HeaderVersion] = []string{t.versionStr}
 		r.URL.Path, r.URL.RawPath = path, rawPath
 		applyPathPrefix(r, rt.pathPrefix)
 		c.route = rt
