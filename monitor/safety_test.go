@@ -236,7 +236,7 @@ func TestDecisionOnAGoneNodeFailsWhenItRegisteredAgain(t *testing.T) {
 			}
 			// Planned again on the newer state: nothing of n1's moves.
 			fresh := d.snapshotWhere(t, "n1 back", func(s *watch.Snapshot) bool { _, ok := s.Nodes["n1"]; return ok })
-			d.m.leases.record(fresh)
+			d.m.nodeLeases.record(fresh)
 			if _, err := d.m.reconcile(ctxT(t), d.l, fresh); err != nil {
 				t.Fatal(err)
 			}
@@ -377,13 +377,13 @@ func startDirect(t *testing.T, c *etcdtest.Etcd) *direct {
 	w.Start()
 	t.Cleanup(w.Stop)
 	m := &monitor{cli: cli, layout: layout, watcher: w, id: "mon-d", log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-		limits: handoff.DefaultLimits, cooldown: map[bucket.Bucket]time.Time{}, leases: newLeaseBook()}
+		limits: handoff.DefaultLimits, cooldown: map[bucket.Bucket]time.Time{}, nodeLeases: newNodeLeases()}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	followed := make(chan struct{})
 	go func() {
 		defer close(followed)
-		m.leases.follow(ctx, w)
+		m.nodeLeases.follow(ctx, w)
 	}()
 	stop := func() {
 		cancel()
