@@ -85,11 +85,3 @@ func (s *Subscription) Close() {
 		close(s.done)
 	})
 }
-
-// Skipped says how many snapshots this subscriber missed by falling more
-// than MaxQueued behind.
-func (s *Subscription) Skipped() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.skipped
-}
