@@ -220,6 +220,7 @@ func TestAutoLoadBalanceActsAboveHighAndDoesNotFlap(t *testing.T) {
 		}
 		return a.Version == done.Version
 	})
+	tm.stop() // its goroutine has ended: its load state may be read here
 	if tm.m.load.sampled.IsZero() {
 		t.Fatal("the monitor never sampled the load")
 	}
