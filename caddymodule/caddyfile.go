@@ -78,111 +78,9 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 	if d.CountRemainingArgs() > 0 {
 		return nil, d.Errf("dtable_bucket_proxy takes no upstream addresses: the bucket's owner is looked up in etcd")
 	}
-	router := new(DtableBucket)
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		if d.Nesting() > nesting+1 {
-			continue // inside the block of a reverse_proxy subdirective
-		}
-		name := d.Val()
-		args := d.RemainingArgs()
-		switch name {
-		case "uuid_path_prefix":
-			if len(args) == 0 {
-				return nil, d.ArgErr()
-			}
-			for _, p := range args {
-				if err := checkPathPrefix(p); err != nil {
-					return nil, d.Errf("uuid_path_prefix: %v", err)
-				}
-			}
-			router.UUIDPathPrefixes = append(router.UUIDPathPrefixes, args...)
-		case "uuid_query":
-			if len(args) == 0 {
-				return nil, d.ArgErr()
-			}
-			for _, q := range args {
-				if err := checkQueryParam(q); err != nil {
-					return nil, d.Errf("uuid_query: %v", err)
-				}
-			}
-			router.UUIDQueryParams = append(router.UUIDQueryParams, args...)
-		case "no_uuid":
-			if seen[name] {
-				return nil, d.Errf("%s already specified", name)
-			}
-			if len(args) != 1 || (args[0] != "any_node" && args[0] != "reject") {
-				return nil, d.Errf("no_uuid: want any_node or reject")
-			}
-			router.NoUUID = args[0]
-		case "retry_after":
-			if seen[name] {
-				return nil, d.Errf("%s already specified", name)
-			}
-			if len(args) != 1 {
-				return nil, d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(args[0])
-			if err != nil {
-				return nil, d.Errf("retry_after: %v", err)
-			}
-			if dur <= 0 {
-				return nil, d.Errf("retry_after: want a positive duration, got %q", args[0])
-			}
-			router.RetryAfter = caddy.Duration(dur)
-		case "handoff_wait":
-			if seen[name] {
-				return nil, d.Errf("%s already specified", name)
-			}
-			if len(args) != 1 {
-				return nil, d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(args[0])
-			if err != nil || dur <= 0 {
-				return nil, d.Errf("handoff_wait: want a positive duration, got %q", args[0])
-			}
-			router.HandoffWait = caddy.Duration(dur)
-		case "handoff_max_held_per_bucket", "handoff_max_held":
-			if seen[name] {
-				return nil, d.Errf("%s already specified", name)
-			}
-			if len(args) != 1 {
-				return nil, d.ArgErr()
-			}
-			n, err := strconv.Atoi(args[0])
-			if err != nil || n < 1 {
-				return nil, d.Errf("%s: want a positive whole number, got %q", name, args[0])
-			}
-			if name == "handoff_max_held" {
-				router.MaxHeld = n
-			} else {
-				router.MaxHeldInBucket = n
-			}
-		case "load_report":
-			if seen[name] {
-				return nil, d.Errf("%s already specified", name)
-			}
-			lr, err := parseLoadReport(args)
-			if err != nil {
-				return nil, d.Errf("load_report: %v", err)
-			}
-			router.LoadReport = lr
-		case "to", "dynamic":
-			return nil, d.Errf("dtable_bucket_proxy chooses the upstream itself (the bucket's owner in etcd); remove %q", name)
-		default:
-			ours, err := router.EtcdConfig.unmarshalSubdirective(d, name, args, seen[name])
-			if err != nil {
-				return nil, err
-			}
-			if !ours {
-				continue // a reverse_proxy subdirective: leave it to reverse_proxy
-			}
-		}
-		if d.NextBlock(d.Nesting()) {
-			return nil, d.Errf("%s takes no block", name)
-		}
-		seen[name] = true
-		d.DeleteN(len(args) + 1) // so that reverse_proxy does not see it
+	handler := new(DtableBucket)
+	if err := handler.unmarshalBlock(d); err != nil {
+		return nil, err
 	}
 
 	d.Reset()
@@ -196,13 +94,136 @@ func parseBucketProxy(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, erro
 	rp.DynamicUpstreamsRaw = caddyconfig.JSONModuleObject(DtableBucketUpstreams{}, "source", "dtable_bucket", nil)
 
 	route := caddyhttp.Route{HandlersRaw: []json.RawMessage{
-		caddyconfig.JSONModuleObject(router, "handler", "dtable_bucket", nil),
+		caddyconfig.JSONModuleObject(handler, "handler", "dtable_bucket", nil),
 		caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil),
 	}}
 	if userMatcherSet != nil {
 		route.MatcherSetsRaw = []caddy.ModuleMap{userMatcherSet}
 	}
 	return []httpcaddyfile.ConfigValue{{Class: "route", Value: route}}, nil
+}
+
+// repeatableSubdirectives are the subdirectives of dtable_bucket_proxy
+// whose lines add up; any other of ours may be given once.
+var repeatableSubdirectives = map[string]bool{"etcd": true, "uuid_path_prefix": true, "uuid_query": true}
+
+// unmarshalBlock reads dtable_bucket_proxy's block into h, deleting the
+// tokens of our subdirectives so that reverse_proxy sees only its own.
+func (h *DtableBucket) unmarshalBlock(d *caddyfile.Dispenser) error {
+	seen := map[string]bool{} // our subdirectives given so far
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		if d.Nesting() > nesting+1 {
+			continue // inside the block of a reverse_proxy subdirective
+		}
+		name := d.Val()
+		args := d.RemainingArgs()
+		if seen[name] && !repeatableSubdirectives[name] {
+			return d.Errf("%s already specified", name)
+		}
+		ours, err := h.unmarshalSubdirective(d, name, args)
+		if err != nil {
+			return err
+		}
+		if !ours {
+			continue // a reverse_proxy subdirective: leave it to reverse_proxy
+		}
+		if d.NextBlock(d.Nesting()) {
+			return d.Errf("%s takes no block", name)
+		}
+		seen[name] = true
+		d.DeleteN(len(args) + 1) // so that reverse_proxy does not see it
+	}
+	return nil
+}
+
+// unmarshalSubdirective reads one subdirective line of dtable_bucket_proxy
+// into h; ours is false for one that is not ours (reverse_proxy's).
+func (h *DtableBucket) unmarshalSubdirective(d *caddyfile.Dispenser, name string, args []string) (ours bool, err error) {
+	switch name {
+	case "uuid_path_prefix":
+		if len(args) == 0 {
+			return true, d.ArgErr()
+		}
+		for _, p := range args {
+			if err := checkPathPrefix(p); err != nil {
+				return true, d.Errf("uuid_path_prefix: %v", err)
+			}
+		}
+		h.UUIDPathPrefixes = append(h.UUIDPathPrefixes, args...)
+	case "uuid_query":
+		if len(args) == 0 {
+			return true, d.ArgErr()
+		}
+		for _, q := range args {
+			if err := checkQueryParam(q); err != nil {
+				return true, d.Errf("uuid_query: %v", err)
+			}
+		}
+		h.UUIDQueryParams = append(h.UUIDQueryParams, args...)
+	case "no_uuid":
+		if len(args) != 1 || (args[0] != "any_node" && args[0] != "reject") {
+			return true, d.Errf("no_uuid: want any_node or reject")
+		}
+		h.NoUUID = args[0]
+	case "retry_after":
+		// Unlike the other durations, a value that is no duration is
+		// reported with the parser's own words.
+		if len(args) != 1 {
+			return true, d.ArgErr()
+		}
+		dur, err := caddy.ParseDuration(args[0])
+		if err != nil {
+			return true, d.Errf("retry_after: %v", err)
+		}
+		if dur <= 0 {
+			return true, d.Errf("retry_after: want a positive duration, got %q", args[0])
+		}
+		h.RetryAfter = caddy.Duration(dur)
+	case "handoff_wait":
+		h.HandoffWait, err = parsePositiveDuration(d, name, args)
+	case "handoff_max_held_per_bucket":
+		h.MaxHeldInBucket, err = parsePositiveInt(d, name, args)
+	case "handoff_max_held":
+		h.MaxHeld, err = parsePositiveInt(d, name, args)
+	case "load_report":
+		lr, err := parseLoadReport(args)
+		if err != nil {
+			return true, d.Errf("load_report: %v", err)
+		}
+		h.LoadReport = lr
+	case "to", "dynamic":
+		return true, d.Errf("dtable_bucket_proxy chooses the upstream itself (the bucket's owner in etcd); remove %q", name)
+	default:
+		// seen is false: unmarshalBlock has refused a second line already.
+		return h.EtcdConfig.unmarshalSubdirective(d, name, args, false)
+	}
+	return true, err
+}
+
+// parsePositiveDuration reads the one argument of subdirective name as a
+// positive duration.
+func parsePositiveDuration(d *caddyfile.Dispenser, name string, args []string) (caddy.Duration, error) {
+	if len(args) != 1 {
+		return 0, d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(args[0])
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s: want a positive duration, got %q", name, args[0])
+	}
+	return caddy.Duration(dur), nil
+}
+
+// parsePositiveInt reads the one argument of subdirective name as a
+// positive whole number.
+func parsePositiveInt(d *caddyfile.Dispenser, name string, args []string) (int, error) {
+	if len(args) != 1 {
+		return 0, d.ArgErr()
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil || n < 1 {
+		return 0, d.Errf("%s: want a positive whole number, got %q", name, args[0])
+	}
+	return n, nil
 }
 
 // parseClusterAdmin sets up dtable_cluster_admin:
@@ -236,14 +257,11 @@ func (a *DtableClusterAdmin) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if seen[name] {
 				return d.Errf("%s already specified", name)
 			}
-			if len(args) != 1 {
-				return d.ArgErr()
+			dur, err := parsePositiveDuration(d, name, args)
+			if err != nil {
+				return err
 			}
-			dur, err := caddy.ParseDuration(args[0])
-			if err != nil || dur <= 0 {
-				return d.Errf("request_timeout: want a positive duration, got %q", args[0])
-			}
-			a.RequestTimeout = caddy.Duration(dur)
+			a.RequestTimeout = dur
 		case "token":
 			if seen[name] {
 				return d.Errf("%s already specified", name)

@@ -8,10 +8,11 @@
 //     base UUID (uuid_finder.go), looks up the owner in the route table
 //     (route_table.go), stamps X-Dtable-Bucket, X-Dtable-Bucket-Epoch and
 //     X-Dtable-Assignment-Version, and sets the {http.dtable_bucket.*}
-//     placeholders. It holds the requests of a bucket that is being
-//     handed off and sends a request again when its server answers 421
-//     (handoff.go). A request it cannot route is a 400 or 503 error for
-//     the site's handle_errors, or, in a site without, a JSON answer.
+//     placeholders. Its per-bucket request loop, serveBucket
+//     (bucket_request.go), holds the requests of a bucket that is being
+//     handed off and sends a request again when its server answers 421.
+//     A request it cannot route is a 400 or 503 error for the site's
+//     handle_errors, or, in a site without, a JSON answer.
 //   - http.reverse_proxy.upstreams.dtable_bucket: DtableBucketUpstreams
 //     (dtable_bucket_upstreams.go) gives Caddy's reverse_proxy the chosen
 //     owner as its one upstream, and aborts an attempt whose route

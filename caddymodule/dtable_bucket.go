@@ -25,7 +25,7 @@ import (
 // dtable_bucket upstream source) dials that owner. A request for a
 // moving bucket is held until the move commits or aborts, and one that
 // the owner answers 421 (not my bucket) is sent again by the newest
-// assignment, both within HandoffWait (handoff.go). A request it cannot
+// assignment, both within HandoffWait. A request it cannot
 // route is a routing error: 400 for a missing, malformed or ambiguous UUID
 // (uuidFinder), 503 with Retry-After when the bucket has no registered
 // owner or its handoff outlasts the wait (see fail for how it is
@@ -37,6 +37,10 @@ import (
 //	{http.dtable_bucket.bucket}  the request's bucket ("5c"); empty if the request names no valid base UUID
 //	{http.dtable_bucket.node}    the owner the request goes to, or the owner that is not registered; empty if none
 //	{http.dtable_bucket.reason}  why the request was not routed (malformed_uuid, bucket_unassigned, ...); empty if it was
+//
+// The request path starts at ServeHTTP below; a request for a base goes
+// on to serveBucket (bucket_request.go), the per-bucket loop that holds,
+// sends and sends again.
 //
 // The Caddyfile directive dtable_bucket_proxy sets up both handlers.
 type DtableBucket struct {
@@ -260,15 +264,6 @@ func unavailable(err error, bucketName string, rt *route) *routingError {
 		msg: fmt.Sprintf("%s: the proxy got no answer to pass on (%v)", what, he.Err)}
 }
 
-// Header names of the fencing headers sent upstream (client values are
-// replaced), as the server contract names them. They are in canonical
-// form, so the request path sets them without canonicalizing.
-const (
-	HeaderBucket      = contract.HeaderBucket
-	HeaderBucketEpoch = contract.HeaderBucketEpoch
-	HeaderVersion     = contract.HeaderVersion
-)
-
 // Placeholders set by DtableBucket (documented on the type).
 const (
 	placeholderBucket = "http.dtable_bucket.bucket"
@@ -276,6 +271,10 @@ const (
 	placeholderReason = "http.dtable_bucket.reason"
 )
 
+// ServeHTTP routes one request: a request for a base is served by
+// serveBucket (bucket_request.go), which holds it while its bucket moves
+// and sends it again after a 421; one that names no base goes to any node
+// that owns buckets, here.
 func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	b, found, uerr := h.finder.find(r)
 	if uerr != nil {
@@ -293,8 +292,8 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 	// it concerns no bucket).
 	c := &upstreamChoice{noBase: true}
 	path, rawPath := r.URL.Path, r.URL.RawPath
-	delete(r.Header, HeaderBucket)
-	delete(r.Header, HeaderBucketEpoch)
+	delete(r.Header, contract.HeaderBucket)
+	delete(r.Header, contract.HeaderBucketEpoch)
 	for tries := 0; ; tries++ {
 		t := h.follower.table.Load()
 		if len(t.anyNode) == 0 {
@@ -304,7 +303,7 @@ func (h *DtableBucket) ServeHTTP(w http.ResponseWriter, r *http.Request, next ca
 		rt := t.anyNode[h.follower.rr.Add(1)%uint64(len(t.anyNode))]
 		setRoutePlaceholders(r, "", rt)
 		rt.requests.Inc()
-		r.Header[HeaderVersion] = []string{t.versionStr}
+		r.Header[contract.HeaderVersion] = []string{t.versionStr}
 		r.URL.Path, r.URL.RawPath = path, rawPath
 		applyPathPrefix(r, rt.pathPrefix)
 		c.route = rt

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/dtablecluster/dtable-router/internal/contract"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/watch"
 )
@@ -222,7 +223,7 @@ func TestAttemptDoesNotSwallowOtherPanics(t *testing.T) {
 // The handler sets the fencing headers by map key, which needs their
 // canonical form.
 func TestHeaderNamesAreCanonical(t *testing.T) {
-	for _, name := range []string{HeaderBucket, HeaderBucketEpoch, HeaderVersion} {
+	for _, name := range []string{contract.HeaderBucket, contract.HeaderBucketEpoch, contract.HeaderVersion} {
 		if c := textproto.CanonicalMIMEHeaderKey(name); c != name {
 			t.Errorf("%q is not canonical (%q)", name, c)
 		}

@@ -24,6 +24,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/contract"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/fakeserver"
 	"github.com/dtablecluster/dtable-router/internal/schema"
@@ -260,7 +261,7 @@ func TestRoutesEveryBucketToItsOwner(t *testing.T) {
 				b := bucket.Bucket(n)
 				owner := fmt.Sprintf("n%d", n%3+1)
 				p := form.path(uuidIn(b))
-				a := do(t, "GET", proxyURL(p), map[string]string{HeaderBucket: "zz", HeaderVersion: "999"})
+				a := do(t, "GET", proxyURL(p), map[string]string{contract.HeaderBucket: "zz", contract.HeaderVersion: "999"})
 				if a.status != 200 || a.body["node"] != owner {
 					t.Fatalf("%s: status %d, node %q; want %s (%s)", p, a.status, a.body["node"], owner, a.raw)
 				}
@@ -374,7 +375,7 @@ func TestErrorsSayWhatIsWrong(t *testing.T) {
 	}
 	// A request without a UUID goes to a registered node that owns buckets.
 	t.Run("no UUID", func(t *testing.T) {
-		r := do(t, "GET", proxyURL("/ping/"), map[string]string{HeaderBucket: "7f"})
+		r := do(t, "GET", proxyURL("/ping/"), map[string]string{contract.HeaderBucket: "7f"})
 		if r.status != 200 || !strings.HasPrefix(r.body["node"], "n") || r.body["bucket"] != "" || r.body["version"] != "2" {
 			t.Errorf("/ping/: %d %s", r.status, r.raw)
 		}

@@ -570,7 +570,7 @@ func TestNotMineIsRetriedByTheNewestAssignment(t *testing.T) {
 // replaced); a request for no base carries none.
 func TestEpochHeaderReachesTheUpstream(t *testing.T) {
 	e := setup(t) // assignment version 1: no epochs recorded
-	send := map[string]string{HeaderBucketEpoch: "999", HeaderBucket: "zz"}
+	send := map[string]string{contract.HeaderBucketEpoch: "999", contract.HeaderBucket: "zz"}
 	if a := do(t, "GET", bucketURL(0x05), send); a.status != 200 || a.body["epoch"] != "" {
 		t.Fatalf("without epochs: %d %s; want no epoch header", a.status, a.raw)
 	}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
+	"github.com/dtablecluster/dtable-router/internal/leases"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
@@ -166,9 +167,8 @@ func (p *loadPublisher) revoke() {
 	if p.lease == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if _, err := p.fw.cli.Revoke(ctx, p.lease); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+	// Logged here rather than by Revoke, to name the key that lingers.
+	if err := leases.Revoke(p.fw.cli, p.lease, nil); err != nil {
 		p.fw.log.Warn("could not revoke the load report's lease; its key expires with it",
 			zap.String("key", p.fw.layout.LoadKey(p.active.id)), zap.Error(err))
 	}

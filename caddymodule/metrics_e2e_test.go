@@ -90,15 +90,18 @@ func TestTwoFollowersOfOnePrefix(t *testing.T) {
 
 func TestEtcdLabel(t *testing.T) {
 	for _, tt := range []struct {
+		name      string
 		endpoints []string
 		want      string
 	}{
-		{[]string{"etcd-02:2379", "http://ETCD-01:2379/", "https://etcd-03:2379"}, "etcd-01:2379,etcd-02:2379,etcd-03:2379"},
-		{[]string{"etcd-01:2379", "http://etcd-01:2379"}, "etcd-01:2379"},
-		{[]string{"127.0.0.1:2379"}, "127.0.0.1:2379"},
+		{"schemes and case dropped, sorted", []string{"etcd-02:2379", "http://ETCD-01:2379/", "https://etcd-03:2379"}, "etcd-01:2379,etcd-02:2379,etcd-03:2379"},
+		{"one endpoint written two ways", []string{"etcd-01:2379", "http://etcd-01:2379"}, "etcd-01:2379"},
+		{"one address", []string{"127.0.0.1:2379"}, "127.0.0.1:2379"},
 	} {
-		if got := etcdLabel(tt.endpoints); got != tt.want {
-			t.Errorf("etcdLabel(%q) = %q; want %q", tt.endpoints, got, tt.want)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			if got := etcdLabel(tt.endpoints); got != tt.want {
+				t.Errorf("etcdLabel(%q) = %q; want %q", tt.endpoints, got, tt.want)
+			}
+		})
 	}
 }

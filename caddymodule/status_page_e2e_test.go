@@ -150,9 +150,11 @@ func TestStatusPageShellAndEvents(t *testing.T) {
 		t.Fatalf("POST /: %d", a.status)
 	}
 	for _, tt := range []struct{ method, path string }{{"GET", "/events"}, {"POST", "/drain/n1"}, {"POST", "/undrain/n1"}, {"GET", "/assets/other.js"}} {
-		if a := do(t, tt.method, adminURL(tt.path), nil); a.status != http.StatusUnauthorized {
-			t.Fatalf("%s %s without the token: %d %s; want 401", tt.method, tt.path, a.status, a.raw)
-		}
+		t.Run(tt.method+" "+tt.path+" without the token", func(t *testing.T) {
+			if a := do(t, tt.method, adminURL(tt.path), nil); a.status != http.StatusUnauthorized {
+				t.Fatalf("%s %s without the token: %d %s; want 401", tt.method, tt.path, a.status, a.raw)
+			}
+		})
 	}
 
 	fw := e.follower()

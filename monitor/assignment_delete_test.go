@@ -67,7 +67,7 @@ func TestDeletedAssignmentIsWrittenBack(t *testing.T) {
 				t.Fatalf("written back as version %d; want more than %d", after.Version, before.Version)
 			}
 			if after.Owners != before.Owners || after.Epochs != before.Epochs || len(after.Moving) != len(before.Moving) {
-				t.Fatalf("written back with other owners, epochs or moves: diff %v, moving %v (was %v)", schema.Diff(before, after), after.Moving, before.Moving)
+				t.Fatalf("written back with other owners, epochs or moves: diff %v, moving %v (was %v)", ownerDiff(before, after), after.Moving, before.Moving)
 			}
 			for b, m := range before.Moving {
 				if after.Moving[b] != m {

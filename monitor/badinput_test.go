@@ -112,7 +112,7 @@ func TestBadInputMatrixForMonitorKeys(t *testing.T) {
 				t.Fatalf("dry run afterwards: %+v, %v; want an answer from %s", resp, err, tc.leader)
 			}
 			if a := getAssignment(t, cli); a.Owners != first.Owners || a.Version != first.Version {
-				t.Fatalf("the assignment changed: version %d -> %d, %d moves", first.Version, a.Version, len(schema.Diff(first, a)))
+				t.Fatalf("the assignment changed: version %d -> %d, %d moves", first.Version, a.Version, len(ownerDiff(first, a)))
 			}
 		})
 	}

@@ -39,9 +39,9 @@ type monitor struct {
 	limits      handoff.Limits
 	cooldownFor time.Duration
 
-	// leases remembers each node's last lease, from every snapshot; run
+	// nodeLeases remembers each node's last lease, from every snapshot; run
 	// starts it (nil: no lease known, every vanished node counts as gone).
-	leases *leaseBook
+	nodeLeases *nodeLeases
 
 	// state kept across leaderships, touched only by the run goroutine
 	firstNodesSeen  time.Time
@@ -80,11 +80,11 @@ func (m *monitor) run(ctx context.Context) error {
 		m.cooldown = map[bucket.Bucket]time.Time{}
 	}
 	m.initLoad()
-	if m.leases == nil {
-		m.leases = newLeaseBook()
+	if m.nodeLeases == nil {
+		m.nodeLeases = newNodeLeases()
 		fctx, stop := context.WithCancel(ctx)
 		defer stop()
-		go m.leases.follow(fctx, m.watcher)
+		go m.nodeLeases.follow(fctx, m.watcher)
 	}
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {

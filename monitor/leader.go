@@ -204,51 +204,13 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 		return 0, err
 	}
 	live := slices.Sorted(maps.Keys(snap.Nodes))
-	if len(live) == 0 {
-		m.firstNodesSeen = time.Time{}
-		if !m.noNodesLogged {
-			m.log.Error("no live node registered: the assignment is left as it is")
-			m.noNodesLogged = true
-		}
-		return 0, nil
-	}
-	m.noNodesLogged = false
-	if m.firstNodesSeen.IsZero() {
-		m.firstNodesSeen = time.Now()
-	}
-	// For -settle after nodes appear (this monitor's start, or the first
-	// node back after none was live: a whole-cluster restart longer than
-	// the TTL), wait for the servers that start together, so that they
-	// share evenly and each gets its own buckets back rather than the
-	// first one back getting them all.
-	if time.Since(m.firstNodesSeen) < m.settle {
-		if wait := m.settle - time.Since(m.firstNodesSeen); wait > 0 {
-			m.log.Info("waiting for more nodes to register before assigning", zap.Bool("first_assignment", cur == nil),
-				zap.Strings("live", live), zap.Duration("in", wait))
-			return wait, nil
-		}
+	if wait, hold := m.settling(live, snap.Assignment == nil); hold {
+		return wait, nil
 	}
 	if errors.Is(snap.SettingsError, watch.ErrSettingsDeleted) {
-		// A slip (a delete by hand) must not undo the operator's drains
-		// and pins: write the last valid settings back.
-		settings := snap.Settings.Clone()
-		if _, err := m.write(ctx, l, snap, nil, &settings, nil); err != nil {
-			return 0, err
-		}
-		m.log.Error("the settings were deleted from etcd; wrote the last valid ones back",
-			zap.String("key", m.layout.SettingsKey()), zap.Strings("drained", settings.Drained))
-		return 0, nil // the next round plans on them
+		return 0, m.restoreSettings(ctx, l, snap) // the next round plans on them
 	}
-	rebalance, balanceWait := m.balanceDue(live, snap.Settings.AutoRebalance)
-	m.sampleLoad(ctx, time.Now(), false)
-	mode := loadOff
-	if snap.Settings.ByLoad() {
-		// Balanced by load: evening out bucket counts would undo it.
-		rebalance, balanceWait = false, 0
-		if snap.Settings.AutoLoadBalance {
-			mode = loadAuto
-		}
-	}
+	rebalance, balanceWait, mode := m.balancing(ctx, live, snap.Settings)
 	d, err := m.decide(ctx, snap, cur, snap.Settings, rebalance, repair, mode)
 	if errors.Is(err, planner.ErrNoEligibleNode) {
 		// Nothing new starts, but the moves in progress still commit or
@@ -275,6 +237,68 @@ func (m *monitor) reconcile(ctx context.Context, l *leadership, snap *watch.Snap
 	m.logLoad(d, true)
 	m.logStep(d)
 	return minWait(m.nextWake(d.next, d.wake), balanceWait), nil
+}
+
+// settling says whether reconcile holds off planning with these live
+// nodes (none, or the settle time after they appeared has not passed),
+// and for how long (0: until the nodes change). first says no assignment
+// exists yet.
+func (m *monitor) settling(live []string, first bool) (wait time.Duration, hold bool) {
+	if len(live) == 0 {
+		m.firstNodesSeen = time.Time{}
+		if !m.noNodesLogged {
+			m.log.Error("no live node registered: the assignment is left as it is")
+			m.noNodesLogged = true
+		}
+		return 0, true
+	}
+	m.noNodesLogged = false
+	if m.firstNodesSeen.IsZero() {
+		m.firstNodesSeen = time.Now()
+	}
+	// For -settle after nodes appear (this monitor's start, or the first
+	// node back after none was live: a whole-cluster restart longer than
+	// the TTL), wait for the servers that start together, so that they
+	// share evenly and each gets its own buckets back rather than the
+	// first one back getting them all.
+	if time.Since(m.firstNodesSeen) < m.settle {
+		if wait := m.settle - time.Since(m.firstNodesSeen); wait > 0 {
+			m.log.Info("waiting for more nodes to register before assigning", zap.Bool("first_assignment", first),
+				zap.Strings("live", live), zap.Duration("in", wait))
+			return wait, true
+		}
+	}
+	return 0, false
+}
+
+// restoreSettings writes the last valid settings back after they were
+// deleted: a slip (a delete by hand) must not undo the operator's drains
+// and pins.
+func (m *monitor) restoreSettings(ctx context.Context, l *leadership, snap *watch.Snapshot) error {
+	settings := snap.Settings.Clone()
+	if _, err := m.write(ctx, l, snap, nil, &settings, nil); err != nil {
+		return err
+	}
+	m.log.Error("the settings were deleted from etcd; wrote the last valid ones back",
+		zap.String("key", m.layout.SettingsKey()), zap.Strings("drained", settings.Drained))
+	return nil
+}
+
+// balancing says how this round balances: whether it evens out bucket
+// counts (and if not yet, in how long), and whether by load. It samples
+// the load reports.
+func (m *monitor) balancing(ctx context.Context, live []string, settings schema.Settings) (rebalance bool, balanceWait time.Duration, mode loadMode) {
+	rebalance, balanceWait = m.balanceDue(live, settings.AutoRebalance)
+	m.sampleLoad(ctx, time.Now(), false)
+	mode = loadOff
+	if settings.ByLoad() {
+		// Balanced by load: evening out bucket counts would undo it.
+		rebalance, balanceWait = false, 0
+		if settings.AutoLoadBalance {
+			mode = loadAuto
+		}
+	}
+	return rebalance, balanceWait, mode
 }
 
 // balanceDue says whether this round should even out bucket counts: with
@@ -399,94 +423,128 @@ func (m *monitor) processRequests(ctx context.Context, l *leadership) error {
 // handleRequest answers one request. The answer, the request's removal and
 // any change it makes are one transaction.
 func (m *monitor) handleRequest(ctx context.Context, l *leadership, kv *mvccpb.KeyValue) error {
-	key := string(kv.Key)
-	id := strings.TrimPrefix(key, m.layout.RequestsPrefix())
-	var req monitorapi.Request
-	if err := json.Unmarshal(kv.Value, &req); err != nil {
-		return m.respond(ctx, l, kv, id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil, nil, nil)
+	r := &pendingRequest{kv: kv, id: strings.TrimPrefix(string(kv.Key), m.layout.RequestsPrefix())}
+	if err := json.Unmarshal(kv.Value, &r.req); err != nil {
+		return m.respond(ctx, l, kv, r.id, nil, &monitorapi.Response{Error: fmt.Sprintf("unreadable request: %v", err)}, nil, nil, nil, nil)
 	}
-	resp := &monitorapi.Response{Op: req.Op, DryRun: req.DryRun}
-	if err := req.Validate(); err != nil {
-		resp.Error = err.Error()
-		return m.respond(ctx, l, kv, id, nil, resp, nil, nil, nil, nil)
+	r.resp = &monitorapi.Response{Op: r.req.Op, DryRun: r.req.DryRun}
+	if err := r.req.Validate(); err != nil {
+		r.resp.Error = err.Error()
+		return m.respond(ctx, l, kv, r.id, nil, r.resp, nil, nil, nil, nil)
 	}
-	log := m.log.With(zap.String("request", id), zap.String("op", req.Op), zap.String("from", req.From), zap.Bool("dry_run", req.DryRun))
+	r.log = m.log.With(zap.String("request", r.id), zap.String("op", r.req.Op), zap.String("from", r.req.From), zap.Bool("dry_run", r.req.DryRun))
 	for attempt := 0; ; attempt++ {
-		snap, err := m.freshSnapshot(ctx, l.lastWrite)
-		if err != nil {
-			return err
-		}
-		settings := snap.Settings.Clone()
-		changedSettings := applyOp(&settings, req)
-		cur, repair, err := m.current(ctx, snap)
-		if err != nil {
-			return err
-		}
-		resp.PreviousVersion, resp.Version = 0, 0
-		if cur != nil {
-			resp.PreviousVersion, resp.Version = cur.Version, cur.Version
-		}
-		live := slices.Sorted(maps.Keys(snap.Nodes))
-		if (req.Op == monitorapi.OpDrain || req.Op == monitorapi.OpPin) && !slices.Contains(live, req.Node) {
-			resp.Warnings = append(resp.Warnings, fmt.Sprintf("node %s is not registered now", req.Node))
-		}
-		byLoad := req.Op == monitorapi.OpRebalance && req.By == monitorapi.ByLoad
-		// A rebalance by count evens counts; so does auto-rebalance, unless
-		// the cluster is balanced by load (it would undo the load moves).
-		rebalance := (req.Op == monitorapi.OpRebalance && !byLoad) || (settings.AutoRebalance && !settings.ByLoad())
-		mode := loadOff
-		if byLoad {
-			m.sampleLoad(ctx, time.Now(), true)
-			mode = loadRequested
-		}
-		d, err := m.decide(ctx, snap, cur, settings, rebalance, repair, mode)
+		p, err := m.planRequest(ctx, l, r)
 		if errors.Is(err, planner.ErrNoEligibleNode) || errors.Is(err, errNoLoadReports) {
-			resp.Error = fmt.Sprintf("%v: the assignment is left as it is", err)
-			log.Warn("request refused", zap.String("error", resp.Error))
-			return m.respond(ctx, l, kv, id, nil, resp, nil, nil, nil, nil)
+			r.resp.Error = fmt.Sprintf("%v: the assignment is left as it is", err)
+			r.log.Warn("request refused", zap.String("error", r.resp.Error))
+			return m.respond(ctx, l, kv, r.id, nil, r.resp, nil, nil, nil, nil)
 		}
 		if err != nil {
 			return err // etcd trouble: the request stays, and is tried again
 		}
-		plan := d.plan
-		describe(resp, plan)
-		m.describeLoad(resp, d.load)
-		describeHandoff(resp, d, m.limits)
-		next := d.next
-		var newSettings *schema.Settings
-		if changedSettings {
-			newSettings = &settings
-		}
-		if req.DryRun {
-			next, newSettings = nil, nil
-		} else if next != nil {
-			resp.Version = next.Version
-		}
-		resp.OK = true
-		var consume []clientv3.Op
-		var guards []clientv3.Cmp
-		if !req.DryRun {
-			consume, guards = d.deleteReleased, d.guards
-		}
-		err = m.respond(ctx, l, kv, id, snap, resp, next, newSettings, consume, guards)
+		err = m.carryOut(ctx, l, r, p)
 		if errors.Is(err, errStale) && m.withdrawn(ctx, kv) {
-			log.Info("request withdrawn by its sender before it was carried out; nothing done")
+			r.log.Info("request withdrawn by its sender before it was carried out; nothing done")
 			return nil
 		}
 		if errors.Is(err, errStale) && attempt < 5 {
 			continue // plan again on the newer state
 		}
-		if err == nil {
-			log.Info("request done", zap.Int("moves", len(resp.Moves)), zap.Int64("version", resp.Version))
-			if next != nil {
-				m.afterWrite(d)
-				m.logChange("assignment updated by request", cur, next, plan, l.lastWrite, repair)
-				m.logLoad(d, false)
-				m.logStep(d)
-			}
-		}
 		return err
 	}
+}
+
+// pendingRequest is an operator request being carried out, with the
+// response it builds up.
+type pendingRequest struct {
+	kv   *mvccpb.KeyValue
+	id   string
+	req  monitorapi.Request
+	resp *monitorapi.Response
+	log  *zap.Logger
+}
+
+// requestPlan is a request planned on one snapshot.
+type requestPlan struct {
+	snap            *watch.Snapshot
+	cur             *schema.Assignment // the assignment planned from; nil if there is none
+	repair          bool               // the assignment in etcd is invalid
+	settings        schema.Settings    // as the request makes them
+	settingsChanged bool
+	d               *decision
+}
+
+// planRequest plans r on a snapshot that includes this monitor's last
+// write, and notes the versions and warnings in r's response.
+func (m *monitor) planRequest(ctx context.Context, l *leadership, r *pendingRequest) (*requestPlan, error) {
+	snap, err := m.freshSnapshot(ctx, l.lastWrite)
+	if err != nil {
+		return nil, err
+	}
+	p := &requestPlan{snap: snap, settings: snap.Settings.Clone()}
+	p.settingsChanged = applyOp(&p.settings, r.req)
+	p.cur, p.repair, err = m.current(ctx, snap)
+	if err != nil {
+		return nil, err
+	}
+	req, resp := r.req, r.resp
+	resp.PreviousVersion, resp.Version = 0, 0
+	if p.cur != nil {
+		resp.PreviousVersion, resp.Version = p.cur.Version, p.cur.Version
+	}
+	live := slices.Sorted(maps.Keys(snap.Nodes))
+	if (req.Op == monitorapi.OpDrain || req.Op == monitorapi.OpPin) && !slices.Contains(live, req.Node) {
+		resp.Warnings = append(resp.Warnings, fmt.Sprintf("node %s is not registered now", req.Node))
+	}
+	byLoad := req.Op == monitorapi.OpRebalance && req.By == monitorapi.ByLoad
+	// A rebalance by count evens counts; so does auto-rebalance, unless
+	// the cluster is balanced by load (it would undo the load moves).
+	rebalance := (req.Op == monitorapi.OpRebalance && !byLoad) || (p.settings.AutoRebalance && !p.settings.ByLoad())
+	mode := loadOff
+	if byLoad {
+		m.sampleLoad(ctx, time.Now(), true)
+		mode = loadRequested
+	}
+	p.d, err = m.decide(ctx, snap, p.cur, p.settings, rebalance, p.repair, mode)
+	return p, err
+}
+
+// carryOut answers a planned request and, unless it is a dry run, makes
+// its change, in one transaction (respond); errStale if the state it was
+// planned on changed meanwhile.
+func (m *monitor) carryOut(ctx context.Context, l *leadership, r *pendingRequest, p *requestPlan) error {
+	d := p.d
+	describe(r.resp, d.plan)
+	m.describeLoad(r.resp, d.load)
+	describeHandoff(r.resp, d, m.limits)
+	next := d.next
+	var newSettings *schema.Settings
+	if p.settingsChanged {
+		newSettings = &p.settings
+	}
+	var consume []clientv3.Op
+	var guards []clientv3.Cmp
+	if r.req.DryRun {
+		next, newSettings = nil, nil
+	} else {
+		consume, guards = d.deleteReleased, d.guards
+		if next != nil {
+			r.resp.Version = next.Version
+		}
+	}
+	r.resp.OK = true
+	if err := m.respond(ctx, l, r.kv, r.id, p.snap, r.resp, next, newSettings, consume, guards); err != nil {
+		return err
+	}
+	r.log.Info("request done", zap.Int("moves", len(r.resp.Moves)), zap.Int64("version", r.resp.Version))
+	if next != nil {
+		m.afterWrite(d)
+		m.logChange("assignment updated by request", p.cur, next, d.plan, l.lastWrite, p.repair)
+		m.logLoad(d, false)
+		m.logStep(d)
+	}
+	return nil
 }
 
 // applyOp changes settings as req asks; it reports whether they changed.

@@ -213,13 +213,14 @@ func TestAutoLoadBalanceActsAboveHighAndDoesNotFlap(t *testing.T) {
 		t.Fatalf("automatic mode moved %d buckets; 4 is the fewest", moved)
 	}
 	t.Logf("evened in %v: %v (mean %.1f)", took, after, mean)
-	deadline := time.Now().Add(1500 * time.Millisecond)
-	for time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-		if a := getAssignment(t, cli); a.Version != done.Version {
-			t.Fatalf("steady load, yet the assignment changed: version %d -> %d (%d more moved)", done.Version, a.Version, changedOwners(done, a))
+	testutil.Consistently(t, 1500*time.Millisecond, "the assignment as it is under a steady load", func() bool {
+		a := getAssignment(t, cli)
+		if a.Version != done.Version {
+			t.Logf("version %d -> %d (%d more moved)", done.Version, a.Version, changedOwners(done, a))
 		}
-	}
+		return a.Version == done.Version
+	})
+	tm.stop() // its goroutine has ended: its load state may be read here
 	if tm.m.load.sampled.IsZero() {
 		t.Fatal("the monitor never sampled the load")
 	}
@@ -253,11 +254,13 @@ func TestAutoLoadBalancePausesAfterAnAbortedMove(t *testing.T) {
 	if changedOwners(first, aborted) != 0 {
 		t.Fatalf("%d bucket(s) changed owner though n1 never released", changedOwners(first, aborted))
 	}
-	for deadline := time.Now().Add(1500 * time.Millisecond); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if a := getAssignment(t, cli); len(a.Moving)+len(a.Queued) > 0 {
-			t.Fatalf("moves by load started again during the pause: moving %v, queued %v", a.Moving, a.Queued)
+	testutil.Consistently(t, 1500*time.Millisecond, "no move by load during the pause", func() bool {
+		a := getAssignment(t, cli)
+		if len(a.Moving)+len(a.Queued) > 0 {
+			t.Logf("moving %v, queued %v", a.Moving, a.Queued)
 		}
-	}
+		return len(a.Moving)+len(a.Queued) == 0
+	})
 }
 
 // A proxy that stops publishing is forgotten once its lease ends: its

@@ -8,6 +8,24 @@
 // the table commands; "monitor help" prints the usage text made from it.
 //
 // Exit codes: 0 success, 1 failure (e.g. no monitor answered), 2 usage.
+//
+// Where things are:
+//
+//   - main.go: flags shared by every command, and the command table.
+//   - daemon.go: the daemon; run campaigns in an election on its own
+//     lease and leads while it wins.
+//   - leader.go: what the leader does: lead's loop, reconcile (plan and
+//     write on every change), the operator requests (handleRequest), and
+//     the fenced write of every change.
+//   - handoff.go: one planning round, decide: the planner's targets
+//     (internal/planner), then the handoff step towards them
+//     (internal/handoff).
+//   - node_leases.go: the leases of the nodes seen, so that a node whose
+//     key vanished counts as gone only once its lease is gone too.
+//   - load.go, loadbalance.go, load_output.go: balancing by load: the
+//     proxies' reports, planning by them, and showing them.
+//   - cli.go, wait.go: the operator's commands, and waiting for the
+//     handoffs a command started.
 package main
 
 import (

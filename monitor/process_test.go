@@ -95,13 +95,13 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	if took > 10*time.Second {
 		t.Errorf("the handoff took %v after SIGTERM; want within 10s", took)
 	}
-	for _, mv := range schema.Diff(first, second) {
+	for _, mv := range ownerDiff(first, second) {
 		if mv.From != "s2" {
 			t.Fatalf("bucket %s moved from %s, which is alive", mv.Bucket, mv.From)
 		}
 	}
-	if len(schema.Diff(first, second)) != len(first.Owned("s2")) {
-		t.Fatalf("version %d -> %d, %d moves", first.Version, second.Version, len(schema.Diff(first, second)))
+	if len(ownerDiff(first, second)) != len(first.Owned("s2")) {
+		t.Fatalf("version %d -> %d, %d moves", first.Version, second.Version, len(ownerDiff(first, second)))
 	}
 	if code := regs["s2"].Cmd.ProcessState.ExitCode(); code != 0 {
 		t.Fatalf("s2 exited with %d", code)
@@ -126,7 +126,7 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 		t.Fatalf("monitor rebalance exit %d:\n%s", code, out)
 	}
 	third := getAssignment(t, cli)
-	moves := len(schema.Diff(second, third))
+	moves := len(ownerDiff(second, third))
 	t.Logf("monitor rebalance:\n%s", out)
 	if moves != minimal || !strings.Contains(out, fmt.Sprintf("%d move(s)", minimal)) {
 		t.Fatalf("rebalance made %d moves; the minimum is %d", moves, minimal)
@@ -151,7 +151,7 @@ func TestProcessesThreeRegistrarsTwoMonitors(t *testing.T) {
 	if updatedBy(fourth) != other {
 		t.Fatalf("written by %q; want %q", updatedBy(fourth), other)
 	}
-	for _, mv := range schema.Diff(third, fourth) {
+	for _, mv := range ownerDiff(third, fourth) {
 		if mv.From != "s3" {
 			t.Fatalf("bucket %s moved from live %s", mv.Bucket, mv.From)
 		}

@@ -43,7 +43,7 @@ func countOwnerChanges(t *testing.T, cli *clientv3.Client, from *schema.Assignme
 					continue
 				}
 				oc.mu.Lock()
-				oc.moves += len(schema.Diff(oc.last, a))
+				oc.moves += len(ownerDiff(oc.last, a))
 				oc.last = a
 				oc.mu.Unlock()
 			}
@@ -146,7 +146,7 @@ func TestWholeClusterRestartWithARunningMonitorEndsBalanced(t *testing.T) {
 				}
 				return settled(a) && spread(a, tc.back...) <= 1
 			})
-			moved := schema.Diff(down, end)
+			moved := ownerDiff(down, end)
 			want := minBalanceMoves(down.Counts(), tc.back) // the gone node's buckets count as surplus
 			for _, n := range nodes {
 				if !slices.Contains(tc.back, n) {

@@ -77,7 +77,7 @@ func TestUnregisteredNodeWithLiveLeaseKeepsItsBuckets(t *testing.T) {
 			deleteKey(t, cli, layout.NodeKey("n1"))
 			time.Sleep(time.Second) // several rounds
 			if a := getAssignment(t, cli); a.Version != first.Version {
-				t.Fatalf("buckets moved off a node whose lease lives: version %d, %d moved", a.Version, len(schema.Diff(first, a)))
+				t.Fatalf("buckets moved off a node whose lease lives: version %d, %d moved", a.Version, len(ownerDiff(first, a)))
 			}
 			if logs.FilterMessage(warning).FilterField(zap.String("key", layout.NodeKey("n1"))).Len() != 1 {
 				t.Fatalf("want one warning naming the key, got %v", logs.FilterMessage(warning).All())
@@ -100,7 +100,7 @@ func TestUnregisteredNodeWithLiveLeaseKeepsItsBuckets(t *testing.T) {
 				t.Fatal(err)
 			}
 			a, _ := waitAssignment(t, cli, "n3's buckets moved", func(a *schema.Assignment) bool { return len(a.Owned("n3")) == 0 })
-			for _, mv := range schema.Diff(first, a) {
+			for _, mv := range ownerDiff(first, a) {
 				if mv.From != "n3" || mv.To != "n2" {
 					t.Fatalf("move %+v: only n3's buckets may move, and only to the registered n2", mv)
 				}
@@ -141,7 +141,7 @@ func TestUnregisteredNodeWithLiveLeaseKeepsItsBuckets(t *testing.T) {
 			startMonitor(t, c, "mon-b", log)
 			time.Sleep(time.Second)
 			if a := getAssignment(t, cli); a.Version != first.Version {
-				t.Fatalf("buckets moved off a node whose key exists: %d", len(schema.Diff(first, a)))
+				t.Fatalf("buckets moved off a node whose key exists: %d", len(ownerDiff(first, a)))
 			}
 			// Other changes are still written (a round that wanted to
 			// move n1's buckets would fail on its key every time).
@@ -149,7 +149,7 @@ func TestUnregisteredNodeWithLiveLeaseKeepsItsBuckets(t *testing.T) {
 				t.Fatal(err)
 			}
 			end, _ := waitAssignment(t, cli, "n3's buckets moved", func(a *schema.Assignment) bool { return len(a.Owned("n3")) == 0 })
-			for _, mv := range schema.Diff(first, end) {
+			for _, mv := range ownerDiff(first, end) {
 				if mv.From != "n3" || mv.To != "n2" {
 					t.Fatalf("move %+v: only n3's buckets may move, and only to n2", mv)
 				}
@@ -169,7 +169,7 @@ func TestUnregisteredNodeWithLiveLeaseKeepsItsBuckets(t *testing.T) {
 			deleteKey(t, cli, layout.NodeKey("n1"))
 			time.Sleep(time.Second)
 			if a := getAssignment(t, cli); a.Version != first.Version {
-				t.Fatalf("moved before the lease ended: %d buckets", len(schema.Diff(first, a)))
+				t.Fatalf("moved before the lease ended: %d buckets", len(ownerDiff(first, a)))
 			}
 			waitAssignment(t, cli, "n1's buckets moved", func(a *schema.Assignment) bool { return len(a.Owned("n1")) == 0 })
 			// The lease counts as ended when etcd says less than a second
@@ -229,19 +229,19 @@ func TestDecisionOnAGoneNodeFailsWhenItRegisteredAgain(t *testing.T) {
 			_, err := d.m.reconcile(ctxT(t), d.l, gone)
 			if !errors.Is(err, errStale) {
 				got := getAssignment(t, cli)
-				t.Fatalf("reconcile on the snapshot where n1 is gone: %v; want errStale; version %d, %d buckets moved", err, got.Version, len(schema.Diff(a, got)))
+				t.Fatalf("reconcile on the snapshot where n1 is gone: %v; want errStale; version %d, %d buckets moved", err, got.Version, len(ownerDiff(a, got)))
 			}
 			if got := getAssignment(t, cli); got.Version != a.Version {
-				t.Fatalf("written although n1 registered again: version %d, diff %v", got.Version, schema.Diff(a, got))
+				t.Fatalf("written although n1 registered again: version %d, diff %v", got.Version, ownerDiff(a, got))
 			}
 			// Planned again on the newer state: nothing of n1's moves.
 			fresh := d.snapshotWhere(t, "n1 back", func(s *watch.Snapshot) bool { _, ok := s.Nodes["n1"]; return ok })
-			d.m.leases.record(fresh)
+			d.m.nodeLeases.record(fresh)
 			if _, err := d.m.reconcile(ctxT(t), d.l, fresh); err != nil {
 				t.Fatal(err)
 			}
-			if got := getAssignment(t, cli); len(schema.Diff(a, got)) != 0 {
-				t.Fatalf("moved %v", schema.Diff(a, got))
+			if got := getAssignment(t, cli); len(ownerDiff(a, got)) != 0 {
+				t.Fatalf("moved %v", ownerDiff(a, got))
 			}
 		})
 	}
@@ -353,7 +353,7 @@ func TestMovesAdvanceWithNoEligibleNode(t *testing.T) {
 				t.Fatalf("owner %s (want %s), moving %v, queued %v", end.Owners[b], tc.want, end.Moving, end.Queued)
 			}
 			// Nothing else moved.
-			for _, d := range schema.Diff(first, end) {
+			for _, d := range ownerDiff(first, end) {
 				if d.Bucket != b {
 					t.Fatalf("bucket %s moved: %+v", d.Bucket, d)
 				}
@@ -377,13 +377,13 @@ func startDirect(t *testing.T, c *etcdtest.Etcd) *direct {
 	w.Start()
 	t.Cleanup(w.Stop)
 	m := &monitor{cli: cli, layout: layout, watcher: w, id: "mon-d", log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-		limits: handoff.DefaultLimits, cooldown: map[bucket.Bucket]time.Time{}, leases: newLeaseBook()}
+		limits: handoff.DefaultLimits, cooldown: map[bucket.Bucket]time.Time{}, nodeLeases: newNodeLeases()}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	followed := make(chan struct{})
 	go func() {
 		defer close(followed)
-		m.leases.follow(ctx, w)
+		m.nodeLeases.follow(ctx, w)
 	}()
 	stop := func() {
 		cancel()

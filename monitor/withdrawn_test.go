@@ -51,8 +51,8 @@ func TestWithdrawnRequestIsNotCarriedOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &monitor{cli: cli, layout: layout, watcher: w, id: "test", log: zap.NewNop(),
-		limits: handoff.DefaultLimits, cooldown: map[bucket.Bucket]time.Time{}, leases: newLeaseBook()}
-	go m.leases.follow(ctx, w)
+		limits: handoff.DefaultLimits, cooldown: map[bucket.Bucket]time.Time{}, nodeLeases: newNodeLeases()}
+	go m.nodeLeases.follow(ctx, w)
 
 	body, _ := json.Marshal(monitorapi.Request{ID: "r1", Op: monitorapi.OpDrain, Node: "n1"})
 	if _, err := cli.Put(ctx, layout.RequestsPrefix()+"r1", string(body)); err != nil {

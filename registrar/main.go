@@ -3,6 +3,21 @@
 // alive, registers again if the lease is lost, and revokes it on SIGTERM or
 // SIGINT so the node disappears at once. See README.md for the flags.
 //
+// Where things are:
+//
+//   - registration.go: the registration and its lease. runRegistrar wires
+//     the parts; registrar.run registers the node key under a
+//     concurrency.Session's lease, hold keeps it (its Done is the loss
+//     signal) and rewrites a key deleted by hand, and withdraw ends it on
+//     the way out (internal/leases).
+//   - serverlink.go: the link to the local dtable-server (protocol 2 of
+//     docs/server-contract.md): what it holds and releases, the release
+//     acknowledgements in etcd, its serving deadline, fencing.
+//   - notify.go: protocol 1, a POST of the latest state on every change.
+//   - health.go: the optional health gate (registered only while healthy).
+//   - config.go: flags, the dtable_server_config.json file, ETCDCTL_*
+//     variables, and their validation.
+//
 // Exit codes: 0 after a clean stop, 1 on a runtime failure (such as another
 // live registration with the same node_id but other URLs), 2 on a bad
 // config file or flags.

@@ -342,16 +342,15 @@ func (b *browser) screenshot(script string) []byte {
 	return png
 }
 
-// waitPage polls the page until cond holds (then returns when) or d passes.
+// waitPage is testutil.Eventually for the page, and returns when cond
+// came to hold. An error the page threw meanwhile fails the test at once:
+// it is the likely reason cond does not hold (the test would fail on it
+// at its next browser action anyway).
 func waitPage(b *browser, d time.Duration, what string, cond func() bool) time.Time {
 	b.t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.checkJS()
-			b.t.Fatalf("not within %v: %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.Eventually(b.t, d, what, func() bool {
+		b.checkJS()
+		return cond()
+	})
 	return time.Now()
 }

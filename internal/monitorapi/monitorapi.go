@@ -24,6 +24,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/dtablecluster/dtable-router/internal/leases"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 )
 
@@ -210,10 +211,11 @@ func Send(ctx context.Context, cli *clientv3.Client, layout schema.Layout, req R
 		}
 	}
 	// Withdraw the unanswered request so a monitor starting later does not
-	// carry out something its sender gave up on.
+	// carry out something its sender gave up on. If the revoke fails, the
+	// request expires with its lease.
+	_ = leases.Revoke(cli, lease.ID, nil)
 	rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer rcancel()
-	_, _ = cli.Revoke(rctx, lease.ID)
 	leader, lerr := Leader(rctx, cli, layout)
 	switch {
 	case lerr != nil:

@@ -78,9 +78,6 @@ type Plan struct {
 	Warnings []string
 }
 
-// Changed reports whether the plan moves anything.
-func (p *Plan) Changed() bool { return len(p.Moves) > 0 }
-
 // Counts returns how many buckets each node owns under the plan.
 func (p *Plan) Counts() map[string]int { return (&schema.Assignment{Owners: p.Owners}).Counts() }
 

@@ -231,32 +231,13 @@ func ParseAssignment(value []byte) (*Assignment, error) {
 	return a, nil
 }
 
-// Move is one bucket changing owner: in a plan, in an operator's answer
-// and in a diff of two assignments (which has no Reason).
+// Move is one bucket changing owner: in a plan and in an operator's
+// answer.
 type Move struct {
 	Bucket bucket.Bucket `json:"bucket"`
 	From   string        `json:"from"` // "" = was unassigned
 	To     string        `json:"to"`   // "" = now unassigned
 	Reason string        `json:"reason,omitempty"`
-}
-
-// Diff lists the buckets whose owner differs between old and new, in bucket
-// order. A nil old counts as all buckets unassigned.
-func Diff(old, new *Assignment) []Move {
-	var moves []Move
-	for b := range bucket.Count {
-		var from, to string
-		if old != nil {
-			from = old.Owners[b]
-		}
-		if new != nil {
-			to = new.Owners[b]
-		}
-		if from != to {
-			moves = append(moves, Move{Bucket: bucket.Bucket(b), From: from, To: to})
-		}
-	}
-	return moves
 }
 
 // SalvageAssignment reads what it can from an assignment value that

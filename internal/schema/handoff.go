@@ -88,18 +88,6 @@ func (a *Assignment) Effective(b bucket.Bucket) string {
 	return a.Owners[b]
 }
 
-// MovingFrom lists the buckets that nodeID is handing off, in order.
-func (a *Assignment) MovingFrom(nodeID string) []bucket.Bucket {
-	var out []bucket.Bucket
-	for b, m := range a.Moving {
-		if m.From == nodeID {
-			out = append(out, b)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
-
 // validateHandoff checks the moving and queued fields against the owners.
 func (a *Assignment) validateHandoff() error {
 	for b, m := range a.Moving {

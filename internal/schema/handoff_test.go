@@ -26,9 +26,6 @@ func TestAssignmentHandoffFields(t *testing.T) {
 		if a.Effective(0x0c) != "n2" || a.Effective(0x0b) != "n3" || a.Owners[0x0c] != "n1" {
 			t.Fatalf("effective owners %s %s", a.Effective(0x0c), a.Effective(0x0b))
 		}
-		if got := a.MovingFrom("n1"); len(got) != 1 || got[0] != 0x0c {
-			t.Fatalf("MovingFrom = %v", got)
-		}
 		c := a.Clone()
 		delete(c.Moving, 0x0c)
 		if _, ok := a.Moving[0x0c]; !ok {

@@ -184,24 +184,6 @@ func TestParseAssignmentRejects(t *testing.T) {
 	}
 }
 
-func TestDiff(t *testing.T) {
-	a := fullAssignment(1, "n1", "n2")
-	t.Run("one move per changed bucket, in bucket order", func(t *testing.T) {
-		b := a.Clone()
-		b.Owners[3] = "n3"
-		b.Owners[200] = ""
-		moves := Diff(a, b)
-		if len(moves) != 2 || moves[0] != (Move{Bucket: 3, From: "n2", To: "n3"}) || moves[1] != (Move{Bucket: 200, From: "n1", To: ""}) {
-			t.Fatalf("Diff = %+v", moves)
-		}
-	})
-	t.Run("from nil every bucket moves", func(t *testing.T) {
-		if got := len(Diff(nil, a)); got != bucket.Count {
-			t.Fatalf("Diff(nil, full) = %d moves", got)
-		}
-	})
-}
-
 // FuzzParseAssignment: the parser never panics, and whatever it accepts
 // survives an encode/parse round trip unchanged.
 func FuzzParseAssignment(f *testing.F) {

@@ -45,12 +45,12 @@ type Status struct {
 	SettingsError   string            `json:"settings_error,omitempty"`
 	// Moving lists the handoffs in progress, oldest first; Queued counts
 	// the planned moves waiting for a slot.
-	Moving []Move `json:"moving"`
-	Queued int    `json:"queued"`
+	Moving []Handoff `json:"moving"`
+	Queued int       `json:"queued"`
 }
 
-// Move is a handoff in progress.
-type Move struct {
+// Handoff is a handoff in progress.
+type Handoff struct {
 	Bucket string    `json:"bucket"`
 	From   string    `json:"from"`
 	To     string    `json:"to"`
@@ -74,7 +74,7 @@ type Bucket struct {
 
 // NewStatus builds the status view of snap.
 func NewStatus(prefix string, snap *watch.Snapshot) Status {
-	st := Status{Prefix: prefix, Revision: snap.Revision, Nodes: []Node{}, Pins: map[string]string{}, Moving: []Move{},
+	st := Status{Prefix: prefix, Revision: snap.Revision, Nodes: []Node{}, Pins: map[string]string{}, Moving: []Handoff{},
 		Drained: append([]string{}, snap.Settings.Drained...), AutoRebalance: snap.Settings.AutoRebalance}
 	if snap.AssignmentError != nil {
 		st.AssignmentError = snap.AssignmentError.Error()
@@ -94,10 +94,10 @@ func NewStatus(prefix string, snap *watch.Snapshot) Status {
 		now := time.Now()
 		for _, b := range slices.Sorted(maps.Keys(a.Moving)) {
 			m := a.Moving[b]
-			st.Moving = append(st.Moving, Move{Bucket: b.String(), From: m.From, To: m.To, Epoch: m.Epoch,
+			st.Moving = append(st.Moving, Handoff{Bucket: b.String(), From: m.From, To: m.To, Epoch: m.Epoch,
 				Since: m.Since, AgeMS: now.Sub(m.Since).Milliseconds(), Reason: m.Reason})
 		}
-		slices.SortStableFunc(st.Moving, func(x, y Move) int { return x.Since.Compare(y.Since) })
+		slices.SortStableFunc(st.Moving, func(x, y Handoff) int { return x.Since.Compare(y.Since) })
 	} else {
 		st.Unassigned = bucket.Count
 	}

@@ -56,7 +56,7 @@ func TestNewStatus(t *testing.T) {
 		{
 			name: "nothing in etcd: every bucket unassigned",
 			snap: emptySnap(),
-			want: Status{Prefix: "/p", Nodes: []Node{}, Unassigned: bucket.Count, Drained: []string{}, Pins: map[string]string{}, Moving: []Move{}},
+			want: Status{Prefix: "/p", Nodes: []Node{}, Unassigned: bucket.Count, Drained: []string{}, Pins: map[string]string{}, Moving: []Handoff{}},
 		},
 		{
 			name: "live, drained and not registered nodes",
@@ -73,7 +73,7 @@ func TestNewStatus(t *testing.T) {
 				Drained:       []string{"n2"},
 				Pins:          map[string]string{"0a": "n1"},
 				AutoRebalance: true,
-				Moving:        []Move{},
+				Moving:        []Handoff{},
 			},
 		},
 		{
@@ -87,7 +87,7 @@ func TestNewStatus(t *testing.T) {
 				Drained:         []string{},
 				Pins:            map[string]string{},
 				SettingsError:   "not a JSON settings object",
-				Moving:          []Move{},
+				Moving:          []Handoff{},
 			},
 		},
 	}

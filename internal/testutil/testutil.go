@@ -1,5 +1,5 @@
 // Package testutil holds the few helpers every test package needs: a
-// polling wait and a free port.
+// polling wait (Eventually), its converse (Consistently) and a free port.
 package testutil
 
 import (
@@ -9,7 +9,8 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/freeport"
 )
 
-// PollInterval is how often Eventually checks its condition.
+// PollInterval is how often Eventually and Consistently check their
+// condition.
 const PollInterval = 10 * time.Millisecond
 
 // Eventually polls cond until it holds or d passes (then the test fails,
@@ -24,6 +25,23 @@ func Eventually(tb testing.TB, d time.Duration, what string, cond func() bool) t
 		time.Sleep(PollInterval)
 	}
 	return time.Since(start)
+}
+
+// Consistently checks cond every PollInterval for d: the test fails, naming
+// what should have held, the first time it does not. It is for what must
+// not happen (a move, a disconnect), where waiting out d is the point.
+func Consistently(tb testing.TB, d time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	start := time.Now()
+	for {
+		if !cond() {
+			tb.Fatalf("after %v of %v: no longer %s", time.Since(start).Round(time.Millisecond), d, what)
+		}
+		if time.Since(start) >= d {
+			return
+		}
+		time.Sleep(PollInterval)
+	}
 }
 
 // FreePort returns a free TCP port on 127.0.0.1.

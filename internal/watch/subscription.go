@@ -86,14 +86,6 @@ func (s *Subscription) Close() {
 	})
 }
 
-// Skipped says how many snapshots this subscriber missed by falling more
-// than MaxQueued behind.
-func (s *Subscription) Skipped() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.skipped
-}
-
 // Pending says how many snapshots wait to be received (the one being
 // handed over not counted): how far behind the subscriber is.
 func (s *Subscription) Pending() int {

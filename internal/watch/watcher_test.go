@@ -428,12 +428,15 @@ func TestSubscriptionDoesNotBlockWatcher(t *testing.T) {
 func TestIdleWatchStaysConnected(t *testing.T) {
 	c := etcdtest.Start(t)
 	w := startWatcher(t, c.Client(t), nil, nil)
-	for i := 0; i < 20; i++ {
-		time.Sleep(100 * time.Millisecond)
-		if st := w.Status(); !st.Connected {
-			t.Fatalf("idle watcher reported disconnected after %dms: %+v", (i+1)*100, st)
+	// Connected once the watch stream answers; from then on, idle.
+	testutil.Eventually(t, 5*time.Second, "the watch connected", func() bool { return w.Status().Connected })
+	testutil.Consistently(t, 2*time.Second, "connected while idle", func() bool {
+		st := w.Status()
+		if !st.Connected {
+			t.Logf("status %+v", st)
 		}
-	}
+		return st.Connected
+	})
 }
 
 // A deleted assignment key does not make readers forget the assignment:

@@ -62,15 +62,20 @@ func TestServesStrictStandIn(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	for _, args := range [][]string{
-		{},                       // no -name
-		{"-name", "a", "extra"},  // stray argument
-		{"-name", "a", "-bogus"}, // unknown flag
-		{"-name", "a", "-save-delay", "-1s"},
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"no -name", []string{}},
+		{"stray argument", []string{"-name", "a", "extra"}},
+		{"unknown flag", []string{"-name", "a", "-bogus"}},
+		{"negative -save-delay", []string{"-name", "a", "-save-delay", "-1s"}},
 	} {
-		err := run(context.Background(), args, io.Discard, nil)
-		if usage.ExitCode(err) != 2 {
-			t.Errorf("run(%q) = %v: want a usage error (exit 2)", args, err)
-		}
+		t.Run(tt.name, func(t *testing.T) {
+			err := run(context.Background(), tt.args, io.Discard, nil)
+			if usage.ExitCode(err) != 2 {
+				t.Errorf("run(%q) = %v: want a usage error (exit 2)", tt.args, err)
+			}
+		})
 	}
 }

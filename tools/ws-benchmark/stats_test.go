@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -16,9 +17,11 @@ func TestPercentile(t *testing.T) {
 		p    float64
 		want time.Duration
 	}{{50, 50 * time.Millisecond}, {99, 99 * time.Millisecond}, {100, 100 * time.Millisecond}, {0, time.Millisecond}} {
-		if got := percentile(ds, c.p); got != c.want {
-			t.Errorf("p%v = %v, want %v", c.p, got, c.want)
-		}
+		t.Run(fmt.Sprintf("p%v", c.p), func(t *testing.T) {
+			if got := percentile(ds, c.p); got != c.want {
+				t.Errorf("p%v = %v, want %v", c.p, got, c.want)
+			}
+		})
 	}
 	if percentile(nil, 50) != 0 || summary(nil) != "–" {
 		t.Error("empty input")

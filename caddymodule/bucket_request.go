@@ -19,8 +19,10 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/contract"
 )
 
-// The proxy's side of a handoff (docs/server-contract.md, "Proxy →
-// server"):
+// This file is the request path of a request for a base, after
+// DtableBucket.ServeHTTP found its bucket: serveBucket and its
+// bucketRequest, which carry out the proxy's side of a handoff
+// (docs/server-contract.md, "Proxy → server"):
 //
 //   - A request for a moving bucket is held until the bucket's route
 //     changes (the move committed: the new owner; aborted: the old one),
@@ -130,15 +132,15 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 		// values live in br (one slice each, capacity 1, so an append
 		// copies), not in three allocations a request.
 		br.hdr[0] = bucketName
-		r.Header[HeaderBucket] = br.hdr[0:1:1]
+		r.Header[contract.HeaderBucket] = br.hdr[0:1:1]
 		if rt.epochStr != "" {
 			br.hdr[1] = rt.epochStr
-			r.Header[HeaderBucketEpoch] = br.hdr[1:2:2]
+			r.Header[contract.HeaderBucketEpoch] = br.hdr[1:2:2]
 		} else {
-			delete(r.Header, HeaderBucketEpoch) // not recorded: the server checks no epoch
+			delete(r.Header, contract.HeaderBucketEpoch) // not recorded: the server checks no epoch
 		}
 		br.hdr[2] = t.versionStr
-		r.Header[HeaderVersion] = br.hdr[2:3:3]
+		r.Header[contract.HeaderVersion] = br.hdr[2:3:3]
 		r.URL.Path, r.URL.RawPath = path, rawPath
 		applyPathPrefix(r, rt.pathPrefix)
 		br.choice.route = rt

@@ -25,11 +25,11 @@ import (
 // an owner that vanished as gone it asks etcd whether that lease still
 // exists.
 
-// leaseBook remembers the last lease each node was registered under, from
+// nodeLeases remembers the last lease each node was registered under, from
 // every snapshot the watcher publishes (leading or not), so that a monitor
 // that becomes leader knows the leases of the nodes that vanished before.
 // A nil book knows no lease.
-type leaseBook struct {
+type nodeLeases struct {
 	mu      sync.Mutex
 	rev     int64 // the revision of the newest snapshot recorded
 	leases  map[string]leaseSeen
@@ -43,12 +43,12 @@ type leaseSeen struct {
 	rev int64
 }
 
-func newLeaseBook() *leaseBook {
-	return &leaseBook{leases: map[string]leaseSeen{}, changed: make(chan struct{})}
+func newNodeLeases() *nodeLeases {
+	return &nodeLeases{leases: map[string]leaseSeen{}, changed: make(chan struct{})}
 }
 
 // follow records every snapshot of w, in order, until ctx ends.
-func (b *leaseBook) follow(ctx context.Context, w *watch.Watcher) {
+func (b *nodeLeases) follow(ctx context.Context, w *watch.Watcher) {
 	sub := w.Subscribe()
 	defer sub.Close()
 	for {
@@ -63,7 +63,7 @@ func (b *leaseBook) follow(ctx context.Context, w *watch.Watcher) {
 
 // record notes the lease of every node in s. An entry seen in a newer
 // snapshot is not replaced by an older one.
-func (b *leaseBook) record(s *watch.Snapshot) {
+func (b *nodeLeases) record(s *watch.Snapshot) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for id, lease := range s.NodeLeases {
@@ -80,7 +80,7 @@ func (b *leaseBook) record(s *watch.Snapshot) {
 
 // upTo waits until every snapshot up to revision rev has been recorded, so
 // that a node that registered and vanished before rev is known.
-func (b *leaseBook) upTo(ctx context.Context, rev int64) error {
+func (b *nodeLeases) upTo(ctx context.Context, rev int64) error {
 	if b == nil {
 		return nil
 	}
@@ -104,7 +104,7 @@ func (b *leaseBook) upTo(ctx context.Context, rev int64) error {
 }
 
 // lease returns the last lease seen for node id.
-func (b *leaseBook) lease(id string) (leaseSeen, bool) {
+func (b *nodeLeases) lease(id string) (leaseSeen, bool) {
 	if b == nil {
 		return leaseSeen{}, false
 	}
@@ -116,7 +116,7 @@ func (b *leaseBook) lease(id string) (leaseSeen, bool) {
 
 // forget drops node id's entry unless it was seen after revision rev (the
 // node registered again since).
-func (b *leaseBook) forget(id string, rev int64) {
+func (b *nodeLeases) forget(id string, rev int64) {
 	if b == nil {
 		return
 	}
@@ -128,7 +128,7 @@ func (b *leaseBook) forget(id string, rev int64) {
 }
 
 // nodes lists the nodes the book knows.
-func (b *leaseBook) nodes() []string {
+func (b *nodeLeases) nodes() []string {
 	if b == nil {
 		return nil
 	}
@@ -157,7 +157,7 @@ type unregistered struct {
 // lease is asked about once per round.
 func (m *monitor) findUnregistered(ctx context.Context, snap *watch.Snapshot, cur *schema.Assignment) (*unregistered, error) {
 	u := &unregistered{held: map[string]string{}}
-	if err := m.leases.upTo(ctx, snap.Revision); err != nil {
+	if err := m.nodeLeases.upTo(ctx, snap.Revision); err != nil {
 		return nil, err
 	}
 	candidates := map[string]bool{}
@@ -172,9 +172,9 @@ func (m *monitor) findUnregistered(ctx context.Context, snap *watch.Snapshot, cu
 	delete(candidates, "")
 	// Forget the leases of nodes that are gone and own nothing: nothing
 	// depends on them any more (they are recorded again if they return).
-	for _, id := range m.leases.nodes() {
+	for _, id := range m.nodeLeases.nodes() {
 		if _, registered := snap.Nodes[id]; !registered && !candidates[id] {
-			m.leases.forget(id, snap.Revision)
+			m.nodeLeases.forget(id, snap.Revision)
 		}
 	}
 	ttls := map[clientv3.LeaseID]int64{} // this round's answers
@@ -193,7 +193,7 @@ func (m *monitor) findUnregistered(ctx context.Context, snap *watch.Snapshot, cu
 			})
 			continue
 		}
-		seen, known := m.leases.lease(id)
+		seen, known := m.nodeLeases.lease(id)
 		if !known || seen.id == clientv3.NoLease {
 			m.unhold(id, "its lease is unknown")
 			continue
@@ -211,7 +211,7 @@ func (m *monitor) findUnregistered(ctx context.Context, snap *watch.Snapshot, cu
 			ttls[seen.id] = ttl
 		}
 		if ttl <= 0 {
-			m.leases.forget(id, snap.Revision)
+			m.nodeLeases.forget(id, snap.Revision)
 			m.unhold(id, "its lease ended")
 			continue
 		}
