@@ -122,6 +122,17 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 			}
 			continue
 		}
+		if !rt.ok && rt.reason == reasonNotRegistered {
+			// The owner's registration is gone: its lease ended (its
+			// server fenced itself first) or the key was deleted. The
+			// monitor gives the bucket a new owner within milliseconds of
+			// a lease's end, and a registrar writes a deleted key back:
+			// hold the request for that, as for a move, not fail it.
+			if e := br.wait(r, rt, reasonNotRegistered); e != nil {
+				return br.fail(w, r, e)
+			}
+			continue
+		}
 		if !rt.ok {
 			return br.fail(w, r, &routingError{status: http.StatusServiceUnavailable, bucket: bucketName, node: rt.nodeID,
 				reason: rt.reason, msg: rt.describe(t.version)})
@@ -320,10 +331,14 @@ func (br *bucketRequest) wait(r *http.Request, rt *route, why string) *routingEr
 // windowPassed is the error of a request whose hold window passed.
 func (br *bucketRequest) windowPassed(rt *route, why string) *routingError {
 	e := &routingError{status: http.StatusServiceUnavailable, bucket: rt.bucket.String(), node: rt.nodeID, reason: why}
-	if why == reasonHandoff {
+	switch why {
+	case reasonHandoff:
 		e.msg = fmt.Sprintf("bucket %s is moving from %s to %s; the handoff did not complete within %v (handoff_wait)",
 			rt.bucket, rt.nodeID, rt.moveTo, br.h.handoffWait)
-	} else {
+	case reasonNotRegistered:
+		e.msg = fmt.Sprintf("bucket %s: its owner %s is not registered (down, or its registration expired) and no other node took it within %v (handoff_wait)",
+			rt.bucket, rt.nodeID, br.h.handoffWait)
+	default:
 		e.msg = fmt.Sprintf("bucket %s: its owner %s answered 421 (not my bucket) and no other owner took it within %v (handoff_wait)",
 			rt.bucket, rt.nodeID, br.h.handoffWait)
 	}

@@ -37,9 +37,10 @@ func logEntries(t *testing.T, file, msg string) []map[string]any {
 
 // A request caught by an owner change, while reverse_proxy retries a
 // dead owner, goes to the new owner as soon as the proxy knows it, not
-// after lb_try_duration; if the bucket has no owner now, it gets the
-// module's 503 (JSON, Retry-After) at once. The retries do not log an
-// error each; the bucket's new state is logged once.
+// after lb_try_duration; if the owner's registration is gone, it is held
+// until the bucket has a new owner, and gets the module's 503 (JSON,
+// Retry-After) if none comes within handoff_wait. The retries do not log
+// an error each; the bucket's new state is logged once.
 func TestRequestCaughtByAnOwnerChange(t *testing.T) {
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	e := setupWith(t, extraConfig{lbTry: "4s", global: fmt.Sprintf(`	log {
@@ -49,14 +50,14 @@ func TestRequestCaughtByAnOwnerChange(t *testing.T) {
 	}`, logFile)})
 	e.registerDead("dead1")
 	e.registerDead("dead2")
-	e.putAssignment(2, map[bucket.Bucket]string{0x10: "dead1", 0x11: "dead2"})
+	e.putAssignment(2, map[bucket.Bucket]string{0x10: "dead1", 0x11: "dead2", 0x12: "dead2"})
 	e.waitVersion(2)
 
 	t.Run("reassigned: the new owner answers", func(t *testing.T) {
 		start := time.Now()
 		pending := goDo("GET", bucketURL(0x10), nil)
 		time.Sleep(600 * time.Millisecond) // reverse_proxy retries dead1
-		e.putAssignment(3, map[bucket.Bucket]string{0x10: "n3", 0x11: "dead2"})
+		e.putAssignment(3, map[bucket.Bucket]string{0x10: "n3", 0x11: "dead2", 0x12: "dead2"})
 		changed := time.Now()
 		r := await(t, pending, 6*time.Second, "request for bucket 10")
 		t.Logf("answered %d %v after the change (%v in all)", r.status, r.at.Sub(changed), r.at.Sub(start))
@@ -67,23 +68,37 @@ func TestRequestCaughtByAnOwnerChange(t *testing.T) {
 			t.Errorf("answered %v after the change; want at once, not after lb_try_duration (4s)", d)
 		}
 	})
-	t.Run("deregistered: 503 in JSON at once", func(t *testing.T) {
+	t.Run("deregistered, then reassigned: held, then the new owner answers", func(t *testing.T) {
 		pending := goDo("GET", bucketURL(0x11), nil)
-		time.Sleep(600 * time.Millisecond)
+		time.Sleep(600 * time.Millisecond) // reverse_proxy retries dead2
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if _, err := e.cli.Delete(ctx, layout.NodeKey("dead2")); err != nil {
 			t.Fatal(err)
 		}
-		changed := time.Now()
+		time.Sleep(300 * time.Millisecond) // the gap before the monitor reassigns: the request is held
+		e.putAssignment(4, map[bucket.Bucket]string{0x10: "n3", 0x11: "n2", 0x12: "dead2"})
+		reassigned := time.Now()
 		r := await(t, pending, 6*time.Second, "request for bucket 11")
-		t.Logf("answered %d %v after the change: %s", r.status, r.at.Sub(changed), r.raw)
-		if r.status != 503 || r.header.Get("Content-Type") != "application/json" || r.header.Get("Retry-After") != "5" ||
-			r.body["reason"] != "owner_not_registered" || r.body["bucket"] != "11" || !strings.Contains(r.body["error"], "its owner dead2") {
-			t.Fatalf("%d %v %q; want 503 JSON, Retry-After 5, reason owner_not_registered", r.status, r.header, r.raw)
+		t.Logf("answered %d %v after the reassignment", r.status, r.at.Sub(reassigned))
+		if r.status != 200 || r.body["node"] != "n2" || r.body["version"] != "4" {
+			t.Fatalf("%d %v %q; want n2's answer by assignment version 4", r.status, r.header, r.raw)
 		}
-		if d := r.at.Sub(changed); d > 1500*time.Millisecond {
-			t.Errorf("answered %v after the change; want at once, not after lb_try_duration (4s)", d)
+		if d := r.at.Sub(reassigned); d > 1500*time.Millisecond {
+			t.Errorf("answered %v after the reassignment; want at once", d)
+		}
+	})
+	t.Run("deregistered, no new owner: 503 in JSON after handoff_wait", func(t *testing.T) {
+		start := time.Now()
+		r := await(t, goDo("GET", bucketURL(0x12), nil), 10*time.Second, "request for bucket 12")
+		t.Logf("answered %d after %v: %s", r.status, r.at.Sub(start), r.raw)
+		if r.status != 503 || r.header.Get("Content-Type") != "application/json" || r.header.Get("Retry-After") != "5" ||
+			r.body["reason"] != "owner_not_registered" || r.body["bucket"] != "12" || !strings.Contains(r.body["error"], "its owner dead2") ||
+			!strings.Contains(r.body["error"], "handoff_wait") {
+			t.Fatalf("%d %v %q; want 503 JSON, Retry-After 5, reason owner_not_registered, naming handoff_wait", r.status, r.header, r.raw)
+		}
+		if d := r.at.Sub(start); d < 4*time.Second || d > 7*time.Second {
+			t.Errorf("answered after %v; want after handoff_wait (5s), held meanwhile", d)
 		}
 	})
 	t.Run("logs", func(t *testing.T) {
@@ -95,12 +110,12 @@ func TestRequestCaughtByAnOwnerChange(t *testing.T) {
 		}
 		var lines int
 		for _, l := range logEntries(t, logFile, "buckets without a routable owner") {
-			if l["reason"] == "owner_not_registered" && fmt.Sprint(l["buckets"]) == "[11]" {
+			if l["reason"] == "owner_not_registered" && fmt.Sprint(l["buckets"]) == "[11 12]" {
 				lines++
 			}
 		}
 		if lines != 1 {
-			t.Errorf("%d lines for bucket 11 losing its owner; want 1", lines)
+			t.Errorf("%d lines for buckets 11 and 12 losing their owner; want 1", lines)
 		}
 	})
 }

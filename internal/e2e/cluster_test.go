@@ -156,6 +156,22 @@ func newCluster(t *testing.T, o options) *cluster {
 		}
 		return true
 	})
+	// The proxy follows etcd on its own: a load started now must not race
+	// its first routing table (a 503 no_assignment would count as failed).
+	testutil.Eventually(t, 10*time.Second, "the proxy routes every bucket to its owner", func() bool {
+		for b := range bucket.Count {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/dtables/%s/rows/", proxyPort, uuidOf(bucket.Bucket(b))))
+			if err != nil {
+				return false
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return false
+			}
+		}
+		return true
+	})
 	return c
 }
 
