@@ -49,6 +49,9 @@ type monitor struct {
 	membership      string                      // the live node ids, as last seen
 	membershipSince time.Time                   // since when they are unchanged
 	cooldown        map[bucket.Bucket]time.Time // bucket -> no new handoff before
+	// cooldownOf: bucket -> the aborted_version whose cooldown this
+	// monitor has applied (see restoreCooldowns).
+	cooldownOf map[bucket.Bucket]int64
 	// held are the unregistered nodes whose buckets stay (their lease
 	// lives), with that lease, so that each hold is logged once.
 	held map[string]clientv3.LeaseID
@@ -78,6 +81,7 @@ func (m *monitor) run(ctx context.Context) error {
 	}
 	if m.cooldown == nil {
 		m.cooldown = map[bucket.Bucket]time.Time{}
+		m.cooldownOf = map[bucket.Bucket]int64{}
 	}
 	m.initLoad()
 	if m.nodeLeases == nil {

@@ -77,6 +77,7 @@ func (m *monitor) decide(ctx context.Context, snap *watch.Snapshot, cur *schema.
 		base = &schema.Assignment{}
 	}
 	now := time.Now()
+	m.restoreCooldowns(base, now)
 	hold := m.cooldownHolds(now)
 	tg := targets{reasons: map[bucket.Bucket]string{}}
 	if noEligible {
@@ -124,6 +125,26 @@ func effectiveOwners(cur *schema.Assignment) *schema.Assignment {
 	}
 	effective.Moving, effective.Queued = nil, nil
 	return effective
+}
+
+// restoreCooldowns gives a bucket queued after an aborted handoff
+// (aborted_version) the rest this monitor did not start itself: the abort
+// happened under another leader, whose cooldowns were in its memory. Not
+// knowing when the abort was, it rests a whole cooldown from now. Each
+// abort is restored once: the entry keeps aborted_version until the move
+// starts again, and must not rest forever.
+func (m *monitor) restoreCooldowns(a *schema.Assignment, now time.Time) {
+	for b, q := range a.Queued {
+		if q.AbortedVersion == 0 || m.cooldownOf[b] >= q.AbortedVersion {
+			continue
+		}
+		m.cooldownOf[b] = q.AbortedVersion
+		if _, resting := m.cooldown[b]; !resting {
+			m.cooldown[b] = now.Add(m.cooldownFor)
+			m.log.Info("a handoff aborted under another leader: the bucket rests before it is tried again",
+				zap.String("bucket", b.String()), zap.Int64("aborted_version", q.AbortedVersion), zap.Duration("for", m.cooldownFor))
+		}
+	}
 }
 
 // cooldownHolds lists the buckets that rest after an aborted handoff, and
@@ -267,6 +288,7 @@ func (m *monitor) afterWrite(d *decision) {
 	for _, mv := range d.step.Aborted {
 		if mv.Reason == handoff.ReasonTimeout {
 			m.cooldown[mv.Bucket] = time.Now().Add(m.cooldownFor)
+			m.cooldownOf[mv.Bucket] = d.next.Version // the aborted_version it writes
 		}
 	}
 }

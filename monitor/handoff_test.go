@@ -7,12 +7,15 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
 	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
 
 // acker plays the registrars of nodes that release at once: it watches
@@ -89,10 +92,11 @@ func TestHandoffAbortsWithoutReleaseAndKeepsTheBucket(t *testing.T) {
 	for _, n := range []string{"n1", "n2"} {
 		registerNode(t, cli, n)
 	}
-	startMonitor(t, c, "mon-a", nil, func(m *monitor) {
+	limits := func(m *monitor) {
 		m.limits = handoff.Limits{MaxMoving: 16, MaxMovingPerNode: 8, Timeout: 500 * time.Millisecond}
 		m.cooldownFor = time.Hour
-	})
+	}
+	monA := startMonitor(t, c, "mon-a", nil, limits)
 	first, _ := waitAssignment(t, cli, "first assignment", func(a *schema.Assignment) bool { return len(a.Owned("")) == 0 })
 	startAcker(t, cli, "n1") // n1's server never releases
 
@@ -115,6 +119,19 @@ func TestHandoffAbortsWithoutReleaseAndKeepsTheBucket(t *testing.T) {
 	if a := getAssignment(t, cli); len(a.Moving) != 0 || a.Owners[b] != "n1" {
 		t.Fatalf("restarted during the cooldown: moving %v", a.Moving)
 	}
+
+	// A new leader did not see the abort, but the queued entry's
+	// aborted_version tells it: the bucket rests under it too.
+	monA.stop()
+	logs, observed := observer.New(zap.InfoLevel)
+	startMonitor(t, c, "mon-b", zap.New(logs), limits)
+	testutil.Eventually(t, 10*time.Second, "mon-b restores the cooldown", func() bool {
+		return observed.FilterMessage("a handoff aborted under another leader: the bucket rests before it is tried again").Len() == 1
+	})
+	testutil.Consistently(t, time.Second, "the bucket rests under the new leader", func() bool {
+		a := getAssignment(t, cli)
+		return len(a.Moving) == 0 && a.Owners[b] == "n1" && a.Queued[b].AbortedVersion == aborted.Version
+	})
 }
 
 func TestHandoffCommitsAtOnceWhenTheOldOwnerDies(t *testing.T) {
