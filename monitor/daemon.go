@@ -81,6 +81,8 @@ func (m *monitor) run(ctx context.Context) error {
 	}
 	if m.cooldown == nil {
 		m.cooldown = map[bucket.Bucket]time.Time{}
+	}
+	if m.cooldownOf == nil {
 		m.cooldownOf = map[bucket.Bucket]int64{}
 	}
 	m.initLoad()

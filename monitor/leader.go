@@ -468,7 +468,7 @@ type pendingRequest struct {
 // requestPlan is a request planned on one snapshot.
 type requestPlan struct {
 	snap            *watch.Snapshot
-	cur             *schema.Assignment // the assignment planned from; nil if there is none
+	cur             *schema.Assignment // the assignment planned from (empty, with the version floor, if there is none)
 	repair          bool               // the assignment in etcd is invalid
 	settings        schema.Settings    // as the request makes them
 	settingsChanged bool
@@ -488,9 +488,11 @@ func (m *monitor) planRequest(ctx context.Context, l *leadership, r *pendingRequ
 	if err != nil {
 		return nil, err
 	}
+	// A fresh answer each attempt: a retry on a newer state must not keep
+	// the warnings, waves or success of the one before.
+	*r.resp = monitorapi.Response{Op: r.req.Op, DryRun: r.req.DryRun}
 	req, resp := r.req, r.resp
-	resp.PreviousVersion, resp.Version = 0, 0
-	if p.cur != nil {
+	if snap.Assignment != nil { // else p.cur only carries the version floor: nothing was written
 		resp.PreviousVersion, resp.Version = p.cur.Version, p.cur.Version
 	}
 	live := slices.Sorted(maps.Keys(snap.Nodes))

@@ -156,7 +156,15 @@ func abortedLoadMoves(base *schema.Assignment, st *handoff.Step) []bucket.Bucket
 // Each such bucket is remembered with the version that queued the retry:
 // a round planned on an older assignment (the watcher a little behind
 // our own write) neither drops nor forgets it.
+//
+// A retry queued by another leader (its memory is gone) is known by the
+// queued entry: reason load with an aborted_version.
 func (m *monitor) dropAbortedLoadMoves(plan *planner.Plan, base *schema.Assignment) {
+	for b, q := range base.Queued {
+		if q.Reason == planner.ReasonLoad && q.AbortedVersion > m.loadAborted[b] {
+			m.loadAborted[b] = q.AbortedVersion
+		}
+	}
 	for b, version := range m.loadAborted {
 		if base.Version < version {
 			continue

@@ -317,7 +317,8 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 		cli: cli, layout: c.layout, watcher: w, id: *id, interval: *interval, settle: *settle,
 		sessionTTL: int((*sessionTTL + time.Second - 1) / time.Second), log: log.With(zap.String("monitor", *id)),
 		limits: limits, cooldownFor: *cooldown, rebalanceAfter: *rebalanceAfter, cooldown: map[bucket.Bucket]time.Time{},
-		loadCfg: load,
+		cooldownOf: map[bucket.Bucket]int64{},
+		loadCfg:    load,
 	}
 	m.log.Info("monitor starting", zap.Strings("etcd", c.etcd.Endpoints), zap.String("prefix", c.layout.Prefix))
 	return m.run(ctx)

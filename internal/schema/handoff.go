@@ -115,7 +115,7 @@ func (a *Assignment) validateHandoff() error {
 			return fmt.Errorf("queued bucket %s: already owned by %q", b, q.To)
 		}
 		if q.AbortedVersion < 0 || q.AbortedVersion > a.Version {
-			return fmt.Errorf("queued bucket %s: aborted_version %d: want 1 to the version (%d)", b, q.AbortedVersion, a.Version)
+			return fmt.Errorf("queued bucket %s: aborted_version %d: want 0 (none) to the version (%d)", b, q.AbortedVersion, a.Version)
 		}
 	}
 	return nil

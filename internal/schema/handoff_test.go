@@ -45,7 +45,7 @@ func TestAssignmentHandoffFields(t *testing.T) {
 		{"queued and moving", base + `"moving":{"0c":{"from":"n1","to":"n2","epoch":3,"since":"2026-11-21T10:00:00Z"}},"queued":{"0c":{"to":"n3"}}}`, `queued bucket 0c is also moving`},
 		{"queued to owner", base + `"queued":{"0c":{"to":"n1"}}}`, `already owned by "n1"`},
 		{"queued to invalid", base + `"queued":{"0c":{"to":"a b"}}}`, `queued bucket 0c: to:`},
-		{"queued aborted after version", base + `"queued":{"0c":{"to":"n2","aborted_version":13}}}`, `aborted_version 13: want 1 to the version (12)`},
+		{"queued aborted after version", base + `"queued":{"0c":{"to":"n2","aborted_version":13}}}`, `aborted_version 13: want 0 (none) to the version (12)`},
 		{"queued aborted negative", base + `"queued":{"0c":{"to":"n2","aborted_version":-1}}}`, `aborted_version -1`},
 	} {
 		t.Run("rejects "+tc.name, func(t *testing.T) {
