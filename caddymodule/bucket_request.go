@@ -122,12 +122,15 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 			}
 			continue
 		}
-		if !rt.ok && rt.reason == reasonNotRegistered {
-			// The owner's registration is gone: its lease ended (its
-			// server fenced itself first) or the key was deleted. The
-			// monitor gives the bucket a new owner within milliseconds of
-			// a lease's end, and a registrar writes a deleted key back:
-			// hold the request for that, as for a move, not fail it.
+		if !rt.ok && rt.reason == reasonNotRegistered && len(t.anyNode) > 0 && time.Since(rt.since) < h.handoffWait {
+			// The owner's registration has just gone: its lease ended
+			// (its server fenced itself first) or the key was deleted.
+			// The monitor gives the bucket a new owner within
+			// milliseconds of a lease's end, and a registrar writes a
+			// deleted key back: hold the request for that, as for a move.
+			// Not when no node is routable, or when the owner has been
+			// gone for handoff_wait already (no monitor, a settle wait):
+			// those requests get their 503 at once, and hold no slot.
 			if e := br.wait(r, rt, reasonNotRegistered); e != nil {
 				return br.fail(w, r, e)
 			}
@@ -336,7 +339,7 @@ func (br *bucketRequest) windowPassed(rt *route, why string) *routingError {
 		e.msg = fmt.Sprintf("bucket %s is moving from %s to %s; the handoff did not complete within %v (handoff_wait)",
 			rt.bucket, rt.nodeID, rt.moveTo, br.h.handoffWait)
 	case reasonNotRegistered:
-		e.msg = fmt.Sprintf("bucket %s: its owner %s is not registered (down, or its registration expired) and no other node took it within %v (handoff_wait)",
+		e.msg = fmt.Sprintf("bucket %s: its owner %s is not registered (down, or its registration expired), and the bucket got no registered owner within %v (handoff_wait)",
 			rt.bucket, rt.nodeID, br.h.handoffWait)
 	default:
 		e.msg = fmt.Sprintf("bucket %s: its owner %s answered 421 (not my bucket) and no other owner took it within %v (handoff_wait)",

@@ -27,7 +27,7 @@ var (
 	})
 	heldRequests = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "dtable", Name: "held_requests",
-		Help: "Requests waiting now for a bucket's handoff (or for its new owner to take it, after a 421).",
+		Help: "Requests waiting now for a bucket's handoff, for its new owner to take it after a 421, or for a registered owner after its owner's registration went.",
 	})
 	holdSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "caddy", Subsystem: "dtable", Name: "hold_seconds",

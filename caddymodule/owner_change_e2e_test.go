@@ -101,6 +101,18 @@ func TestRequestCaughtByAnOwnerChange(t *testing.T) {
 			t.Errorf("answered after %v; want after handoff_wait (5s), held meanwhile", d)
 		}
 	})
+	t.Run("owner gone for longer than handoff_wait: 503 at once", func(t *testing.T) {
+		// dead2 left the registry more than handoff_wait (5s) ago: no new
+		// owner is coming soon (no monitor here), so nothing is held.
+		start := time.Now()
+		r := await(t, goDo("GET", bucketURL(0x12), nil), 5*time.Second, "request for bucket 12")
+		if r.status != 503 || r.body["reason"] != "owner_not_registered" || r.header.Get("Retry-After") != "5" {
+			t.Fatalf("%d %v %q; want 503 owner_not_registered", r.status, r.header, r.raw)
+		}
+		if d := r.at.Sub(start); d > time.Second {
+			t.Errorf("answered after %v; want at once", d)
+		}
+	})
 	t.Run("logs", func(t *testing.T) {
 		testutil.Eventually(t, 5*time.Second, "the bucket's new state is logged", func() bool {
 			return len(logEntries(t, logFile, "buckets without a routable owner")) > 0

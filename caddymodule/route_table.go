@@ -43,6 +43,11 @@ type route struct {
 	moving    bool
 	moveTo    string
 	moveSince time.Time
+	// since is when the route took its state: the build time of the
+	// first table in which it was as it is (see carryChannels). A request
+	// for a bucket whose owner just left the registry is held only while
+	// that is recent.
+	since time.Time
 	// changed is closed when a newer table changes this bucket's route
 	// (see sameState); requests waiting for the bucket select on it. Tables
 	// that leave the route as it was share the channel, so a table change
@@ -153,15 +158,16 @@ func buildTable(fw *follower, snap *watch.Snapshot, prev *routeTable) *routeTabl
 	return t
 }
 
-// carryChannels gives each route prev's changed channel if the route is
-// the same in both tables, else a new channel.
+// carryChannels gives each route prev's changed channel and since if the
+// route is the same in both tables, else a new channel and this table's
+// build time.
 func (t *routeTable) carryChannels(prev *routeTable) {
 	for b := range t.routes {
 		r := &t.routes[b]
 		if prev != nil && prev.routes[b].changed != nil && prev.routes[b].sameState(r) {
-			r.changed = prev.routes[b].changed
+			r.changed, r.since = prev.routes[b].changed, prev.routes[b].since
 		} else {
-			r.changed = make(chan struct{})
+			r.changed, r.since = make(chan struct{}), t.builtAt
 		}
 	}
 }
