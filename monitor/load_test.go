@@ -15,6 +15,7 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/monitorapi"
+	"github.com/dtablecluster/dtable-router/internal/planner"
 	"github.com/dtablecluster/dtable-router/internal/schema"
 	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
@@ -345,5 +346,31 @@ func TestPrintResponseShowsTheLoadTable(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("output lacks %q:\n%s", want, out.String())
 		}
+	}
+}
+
+// A move by load that another leader aborted (its memory of the abort is
+// gone with it) is known by its queued entry: reason load with an
+// aborted_version. This leader drops its retry too; a queued move of
+// another reason, or one never aborted, stays.
+func TestLoadMoveAbortedUnderAnotherLeaderIsNotRetried(t *testing.T) {
+	base := &schema.Assignment{Version: 9, Queued: map[bucket.Bucket]schema.QueuedMove{
+		0x01: {To: "n2", Reason: planner.ReasonLoad, AbortedVersion: 8},
+		0x02: {To: "n2", Reason: planner.ReasonLoad},
+		0x03: {To: "n2", Reason: "rebalance", AbortedVersion: 8},
+	}}
+	plan := &planner.Plan{}
+	for b := range base.Owners {
+		base.Owners[b], plan.Owners[b] = "n1", "n1"
+	}
+	for _, b := range []bucket.Bucket{0x01, 0x02, 0x03} {
+		plan.Owners[b] = "n2"
+		plan.Moves = append(plan.Moves, schema.Move{Bucket: b, From: "n1", To: "n2", Reason: base.Queued[b].Reason})
+	}
+	m := &monitor{}
+	m.initLoad()
+	m.dropAbortedLoadMoves(plan, base)
+	if plan.Owners[0x01] != "n1" || len(plan.Moves) != 2 || plan.Moves[0].Bucket != 0x02 || plan.Moves[1].Bucket != 0x03 {
+		t.Fatalf("owner of 01 %s, moves %+v; want 01's retry dropped, 02 and 03 kept", plan.Owners[0x01], plan.Moves)
 	}
 }
