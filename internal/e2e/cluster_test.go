@@ -299,7 +299,9 @@ func uuidOf(b bucket.Bucket) string { return fmt.Sprintf("%s000000-0000-4000-800
 // load sends requests for every bucket through the proxy until stop is
 // closed, from workers goroutines, and counts the failures (any answer
 // but 200, or a transport error), in all and per bucket. It is bounded by
-// max requests. GETs and POSTs alternate, so every bucket gets dirty.
+// max requests; the stop func fails the test if the load reached max
+// before it was stopped (the test was then not under load throughout).
+// GETs and POSTs alternate, so every bucket gets dirty.
 type load struct {
 	sent, failed atomic.Int64
 	failedBy     [bucket.Count]atomic.Int64
@@ -359,7 +361,14 @@ func startLoad(t *testing.T, workers int, max int64) (*load, func()) {
 		}()
 	}
 	go func() { wg.Wait(); close(l.done) }()
-	return l, func() { close(stop); <-l.done }
+	return l, func() {
+		t.Helper()
+		close(stop)
+		<-l.done
+		if n := l.sent.Load(); n >= max {
+			t.Errorf("the load stopped on its own after its max of %d requests (sent %d), before the test stopped it: not under load throughout", max, n)
+		}
+	}
 }
 
 func (l *load) report(t *testing.T) {
@@ -402,6 +411,9 @@ type keyEvent struct {
 type keyLog struct {
 	mu     sync.Mutex
 	events []keyEvent
+	// start is the assignment key as it was when the log started (key
+	// empty if there was none); at is when it was read, not written.
+	start keyEvent
 }
 
 func (c *cluster) recordKeys() *keyLog {
@@ -412,6 +424,10 @@ func (c *cluster) recordKeys() *keyLog {
 		c.t.Fatal(err)
 	}
 	l := &keyLog{}
+	if len(resp.Kvs) == 1 {
+		kv := resp.Kvs[0]
+		l.start = keyEvent{key: string(kv.Key), rev: kv.ModRevision, at: time.Now(), value: kv.Value}
+	}
 	wch := c.cli.Watch(ctx, layout.Prefix+"/", clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
 	go func() {
 		for wr := range wch {
