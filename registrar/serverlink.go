@@ -88,6 +88,23 @@ func (l *serverLink) nextSeq() int64 {
 	return l.seq
 }
 
+// numberState numbers a state message built under lease and after fences
+// fences, unless a fence or a new registration came since it was built.
+// fence counts a fence before it numbers its own message, so a state
+// numbered here with the count unchanged is below that fence, and the
+// server refuses it once fenced; numbered after the fence, a state built
+// before it (with a deadline) would give the fenced server its buckets
+// back while its lease is revoked.
+func (l *serverLink) numberState(lease clientv3.LeaseID, fences int64) (int64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fences != fences || l.lease != lease {
+		return 0, false
+	}
+	l.seq = max(l.seq+1, time.Now().UnixNano())
+	return l.seq, true
+}
+
 // resendState makes the state loop send the state again, even if it is
 // the same as the last one it sent.
 func (l *serverLink) resendState() {
@@ -285,7 +302,12 @@ func (l *serverLink) run(ctx context.Context) {
 		if key == lastSent {
 			continue
 		}
-		msg.Seq = l.nextSeq()
+		seq, current := l.numberState(lease, fences)
+		if !current {
+			poke(l.changed) // a fence or a new registration came meanwhile: build the state again
+			continue
+		}
+		msg.Seq = seq
 		if err := l.post(ctx, msg, l.releaseTimeout); err != nil {
 			if ctx.Err() != nil {
 				return

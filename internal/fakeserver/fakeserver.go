@@ -349,6 +349,11 @@ func (s *Server) notify(w http.ResponseWriter, r *http.Request) {
 	var start []*holding             // releases this message starts
 	waitFor := map[string]*holding{} // every bucket it names that is held: answer once all are gone
 	s.mu.Lock()
+	if n.Seq != 0 && n.Seq < s.fenceSeq { // a fence came in since the check above
+		s.mu.Unlock()
+		http.Error(w, "stale message: sent before the last fence", http.StatusConflict)
+		return
+	}
 	s.notified++
 	s.hasState = true
 	if n.ServeForMS > 0 {
