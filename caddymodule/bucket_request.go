@@ -128,9 +128,10 @@ func (h *DtableBucket) serveBucket(w http.ResponseWriter, r *http.Request, b buc
 			// The monitor gives the bucket a new owner within
 			// milliseconds of a lease's end, and a registrar writes a
 			// deleted key back: hold the request for that, as for a move.
-			// Not when no node is routable, or when the owner has been
-			// gone for handoff_wait already (no monitor, a settle wait):
-			// those requests get their 503 at once, and hold no slot.
+			// Not when no routable node owns a bucket (t.anyNode is
+			// empty), or when the owner has been gone for handoff_wait
+			// already (no monitor, a settle wait): those requests get
+			// their 503 at once, and hold no slot.
 			if e := br.wait(r, rt, reasonNotRegistered); e != nil {
 				return br.fail(w, r, e)
 			}

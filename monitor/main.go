@@ -43,7 +43,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/etcdclient"
 	"github.com/dtablecluster/dtable-router/internal/handoff"
 	"github.com/dtablecluster/dtable-router/internal/logging"
@@ -316,9 +315,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) error {
 	m := &monitor{
 		cli: cli, layout: c.layout, watcher: w, id: *id, interval: *interval, settle: *settle,
 		sessionTTL: int((*sessionTTL + time.Second - 1) / time.Second), log: log.With(zap.String("monitor", *id)),
-		limits: limits, cooldownFor: *cooldown, rebalanceAfter: *rebalanceAfter, cooldown: map[bucket.Bucket]time.Time{},
-		cooldownOf: map[bucket.Bucket]int64{},
-		loadCfg:    load,
+		limits: limits, cooldownFor: *cooldown, rebalanceAfter: *rebalanceAfter, loadCfg: load,
 	}
 	m.log.Info("monitor starting", zap.Strings("etcd", c.etcd.Endpoints), zap.String("prefix", c.layout.Prefix))
 	return m.run(ctx)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/dtablecluster/dtable-router/internal/bucket"
 	"github.com/dtablecluster/dtable-router/internal/etcdtest"
 	"github.com/dtablecluster/dtable-router/internal/schema"
+	"github.com/dtablecluster/dtable-router/internal/testutil"
 )
 
 // ownerChanges counts every bucket's owner changes over all the assignment
@@ -56,19 +58,14 @@ func countOwnerChanges(t *testing.T, cli *clientv3.Client, from *schema.Assignme
 // returns the moves counted.
 func (oc *ownerChanges) seen(t *testing.T, a *schema.Assignment) int {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	var n int
+	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("the move counter reaches version %d", a.Version), func() bool {
 		oc.mu.Lock()
-		v, n := oc.last.Version, oc.moves
-		oc.mu.Unlock()
-		if v >= a.Version {
-			return n
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the move counter did not reach version %d (at %d)", a.Version, v)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		defer oc.mu.Unlock()
+		n = oc.moves
+		return oc.last.Version >= a.Version
+	})
+	return n
 }
 
 // minBalanceMoves is the fewest owner changes that make counts (per node,
