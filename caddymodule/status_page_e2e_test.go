@@ -295,8 +295,20 @@ func TestStatusEventsSlowViewerBlocksNobody(t *testing.T) {
 	if v := e.routedVersion(); v != last {
 		t.Fatalf("the proxy routes by version %d; want %d", v, last)
 	}
-	took := testutil.Eventually(t, 5*time.Second, "the slow viewer dropped", func() bool { return fw.live.viewerCount() == 1 })
-	t.Logf("the slow viewer dropped %v later", took.Round(time.Millisecond))
+	// The slow viewer gets only the latest state each time, so how many of
+	// them it was sent, and whether its socket buffers (the sender's grows
+	// up to 4 MB) are full yet, depends on timing: keep changing the state,
+	// one more each poll, until its writes block past sseWriteTimeout.
+	v := int64(last)
+	took := testutil.Eventually(t, 10*time.Second, "the slow viewer dropped", func() bool {
+		if fw.live.viewerCount() == 1 {
+			return true
+		}
+		v++
+		e.putAssignment(v, map[bucket.Bucket]string{bucket.Bucket(v % bucket.Count): "n1"})
+		return false
+	})
+	t.Logf("the slow viewer dropped %v later, after %d more states", took.Round(time.Millisecond), v-last)
 }
 
 func deref(f *float64) any {
